@@ -1,0 +1,222 @@
+"""Cross-attention capture: how much attention each image position pays to the subject's tokens.
+
+Forward hooks on ``attn2.to_q`` / ``attn2.to_k`` (the naming of the LDM, SGM, Forge and diffusers
+UNets) fire whatever attention kernel the host runs (sdp, xformers, sub-quadratic, split) and with
+LoRA patched into the Linear layers. The ``to_k`` hook recomputes, for the identity-stream rows
+only, ``softmax(q k^T / sqrt(d))`` over the text keys, which is (rows, heads, pixels, tokens): never
+the (pixels x pixels) self-attention. Per-layer results are folded at once into one (images, H, W)
+buffer at the latent size; nothing per layer outlives the hook.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lib_degu.mask import resize
+
+DEFAULT_DOWNSAMPLE_FACTORS = (2, 4)  # SD1.x at 512 px: the 32x32 and 16x16 attention levels
+
+
+def find_cross_attention(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules named ``attn2`` that have ``to_q``, ``to_k`` and an integer ``heads``."""
+    found = []
+    for name, module in root.named_modules():
+        if name.rsplit(".", 1)[-1] != "attn2":
+            continue
+        if hasattr(module, "to_q") and hasattr(module, "to_k") and isinstance(getattr(module, "heads", None), int):
+            found.append((name, module))
+    return found
+
+
+def token_indicator(
+    positions: Sequence[Sequence[int]], length: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(images, length) float tensor: 1 at each image's subject token positions, else 0."""
+    weights = torch.zeros((len(positions), length), dtype=torch.float32)
+    for image, image_positions in enumerate(positions):
+        kept = [p for p in image_positions if 0 <= p < length]
+        weights[image, kept] = 1.0
+    return weights.to(device)
+
+
+def downsample_factor(latent_hw: tuple[int, int], tokens: int) -> int | None:
+    """The power-of-two factor f with ceil(H/f) * ceil(W/f) == tokens (UNets pad odd sizes up)."""
+    height, width = latent_hw
+    for exponent in range(8):
+        f = 2**exponent
+        if math.ceil(height / f) * math.ceil(width / f) == tokens:
+            return f
+    return None
+
+
+@dataclass
+class _Call:
+    """The subject rows inside one call of the root module (the batch may be split in several)."""
+
+    local_rows: torch.Tensor  # row indices within this call
+    images: torch.Tensor  # image index of each of those rows
+    images_list: list[int]
+    latent_hw: tuple[int, int]
+
+
+class AttentionCapture:
+    """Context manager: hooks while inside, every hook removed on exit (also on an exception).
+
+    Per step the adapter calls ``begin_step`` with the global batch row of each image's identity
+    stream and the token indicator, runs the model (in one call or several consecutive calls that
+    walk the batch in order), then ``take()`` returns the (images, H, W) map averaged over layers.
+    """
+
+    def __init__(
+        self,
+        root: nn.Module,
+        *,
+        downsample_factors: Collection[int] | None = DEFAULT_DOWNSAMPLE_FACTORS,
+    ) -> None:
+        self.root = root
+        self.downsample_factors = None if downsample_factors is None else frozenset(downsample_factors)
+        self.layers = find_cross_attention(root)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._subject_rows: list[int] = []
+        self._weights: torch.Tensor | None = None
+        self._row_offset = 0
+        self._call: _Call | None = None
+        self._pending_q: dict[int, torch.Tensor] = {}
+        self._sum: torch.Tensor | None = None
+        self._counts: list[int] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> AttentionCapture:
+        try:
+            self._handles.append(self.root.register_forward_pre_hook(self._on_root_call, with_kwargs=True))
+            for _, attn in self.layers:
+                self._handles.append(attn.to_q.register_forward_hook(self._make_q_hook(attn)))
+                self._handles.append(attn.to_k.register_forward_hook(self._make_k_hook(attn)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._pending_q.clear()
+        self._sum = None
+        self._call = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    # -- per step --------------------------------------------------------------------------------
+    def begin_step(self, subject_rows: Sequence[int], weights: torch.Tensor) -> None:
+        """Arm the capture for one step: ``subject_rows[i]`` is image i's identity row in the batch."""
+        if len(subject_rows) != weights.shape[0]:
+            raise ValueError("one subject row per image is needed")
+        self._subject_rows = list(subject_rows)
+        self._weights = weights
+        self._row_offset = 0
+        self._sum = None
+        self._counts = [0] * len(subject_rows)
+        self._pending_q.clear()
+
+    def disarm(self) -> None:
+        self._weights = None
+        self._call = None
+        self._pending_q.clear()
+
+    def take(self) -> torch.Tensor | None:
+        """(images, H, W): subject attention mass averaged over captured layers; None if none fired."""
+        total, counts = self._sum, self._counts
+        self.disarm()
+        self._sum = None
+        if total is None or not any(counts):
+            return None
+        divisor = torch.tensor([max(c, 1) for c in counts], dtype=total.dtype, device=total.device)
+        return total / divisor[:, None, None]
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def _on_root_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("x", kwargs.get("sample"))
+        if self._weights is None or not torch.is_tensor(x) or x.dim() < 4:
+            self._call = None
+            return
+        start, stop = self._row_offset, self._row_offset + x.shape[0]
+        self._row_offset = stop
+        pairs = [(row - start, image) for image, row in enumerate(self._subject_rows) if start <= row < stop]
+        if not pairs:
+            self._call = None
+            return
+        device = x.device
+        self._call = _Call(
+            local_rows=torch.tensor([p[0] for p in pairs], device=device),
+            images=torch.tensor([p[1] for p in pairs], device=device),
+            images_list=[p[1] for p in pairs],
+            latent_hw=(int(x.shape[-2]), int(x.shape[-1])),
+        )
+
+    def _selected(self, tokens: int) -> bool:
+        call = self._call
+        if call is None:
+            return False
+        factor = downsample_factor(call.latent_hw, tokens)
+        if factor is None:
+            return False
+        return self.downsample_factors is None or factor in self.downsample_factors
+
+    def _make_q_hook(self, attn: nn.Module):  # noqa: ANN202 - torch hook signature
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+            if self._call is not None and output.dim() == 3 and self._selected(output.shape[1]):
+                self._pending_q[id(attn)] = output.detach().index_select(0, self._call.local_rows)
+
+        return hook
+
+    def _make_k_hook(self, attn: nn.Module):  # noqa: ANN202 - torch hook signature
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+            q = self._pending_q.pop(id(attn), None)
+            if q is None or self._call is None:
+                return
+            self._accumulate(q, output.detach().index_select(0, self._call.local_rows), attn.heads)
+
+        return hook
+
+    @torch.no_grad()
+    def _accumulate(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> None:
+        call, weights = self._call, self._weights
+        assert call is not None and weights is not None
+        rows, pixels, inner = q.shape
+        tokens = k.shape[1]
+        head_dim = inner // heads
+        q = q.float().view(rows, pixels, heads, head_dim).transpose(1, 2)
+        k = k.float().view(rows, tokens, heads, head_dim).transpose(1, 2)
+        probs = torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)  # rows, heads, px, T
+        indicator = _fit_tokens(weights.index_select(0, call.images.to(weights.device)), tokens)
+        mass = (probs @ indicator.to(probs.device)[:, None, :, None]).mean(dim=1)[..., 0]  # rows, px
+        height, width = call.latent_hw
+        factor = downsample_factor(call.latent_hw, pixels)
+        assert factor is not None
+        layer_map = mass.view(rows, math.ceil(height / factor), math.ceil(width / factor))
+        layer_map = resize(layer_map, (height, width))
+        if self._sum is None or self._sum.shape[-2:] != layer_map.shape[-2:]:
+            self._sum = layer_map.new_zeros((len(self._subject_rows), height, width))
+            self._counts = [0] * len(self._subject_rows)
+        self._sum.index_add_(0, call.images, layer_map)
+        for image in call.images_list:
+            self._counts[image] += 1
+
+
+def _fit_tokens(weights: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Trim or zero-pad the indicator to the keys this layer sees."""
+    if weights.shape[1] >= tokens:
+        return weights[:, :tokens]
+    return torch.nn.functional.pad(weights, (0, tokens - weights.shape[1]))

@@ -1,0 +1,133 @@
+"""The subject mask of DESIGN.md §2: raw maps, one refinement path, the balance control.
+
+Every function works on small (B, h, w) float32 maps and never synchronises with the device, so it
+can run inside a CUDA sampling step. Shapes: raw maps (B, h, w); the final mask (B, 1, H, W) at the
+latent size, which may change between passes (hires fix) and need not be square.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# A high quantile, not the max: one hot pixel must not flatten the whole map.
+NORMALISE_QUANTILE = 0.98
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    """Refinement parameters; see DeGuSettings for their user-facing meaning and ranges."""
+
+    threshold: float = 0.35
+    softness: float = 0.1
+    blur: float = 1.0
+    ema: float = 0.5
+    balance: float = 0.0
+
+
+def difference_map(s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``|s - g|`` averaged over every non-batch, non-spatial dim: (B, C, ..., H, W) -> (B, H, W)."""
+    diff = (s - g).abs().float()
+    return diff.flatten(1, -3).mean(dim=1)
+
+
+def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W), bilinear; a no-op when the size already matches."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def attention_map(layer_maps: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Average per-layer attention maps of any resolutions, each (B, h_l, w_l), at ``size``."""
+    if not layer_maps:
+        raise ValueError("attention_map needs at least one layer map")
+    total = torch.zeros(
+        (layer_maps[0].shape[0], *size), dtype=torch.float32, device=layer_maps[0].device
+    )
+    for layer in layer_maps:
+        total += resize(layer.float(), size)
+    return total / len(layer_maps)
+
+
+def normalise(maps: torch.Tensor, quantile: float = NORMALISE_QUANTILE) -> torch.Tensor:
+    """Per image: divide by a high quantile and clip to [0, 1]."""
+    flat = maps.float().flatten(1)
+    scale = torch.quantile(flat, quantile, dim=1).clamp_min(_EPS)
+    return (maps.float() / scale[:, None, None]).clamp(0.0, 1.0)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, h, w) maps; ``sigma`` in pixels of these maps."""
+    if sigma < 1e-3:  # below a thousandth of a pixel the kernel is a delta (and underflows)
+        return maps
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = maps[:, None]
+    # Replicate padding is valid for any map size (reflect needs the map larger than the radius).
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def soft_threshold(maps: torch.Tensor, threshold: float, softness: float) -> torch.Tensor:
+    """``sigmoid((m - threshold) / softness)``; softness 0 is a hard step."""
+    if softness <= 0:
+        return (maps >= threshold).to(maps.dtype)
+    return torch.sigmoid((maps - threshold) / softness)
+
+
+def apply_balance(mask: torch.Tensor, balance: float) -> torch.Tensor:
+    """Move the mask towards 1 (``balance > 0``, fidelity) or 0 (``balance < 0``, editability).
+
+    Linear in ``balance`` on each side, so monotone; exactly 1 at +1, exactly 0 at -1, the mask at 0.
+    """
+    if balance >= 0:
+        return 1 - (1 - balance) * (1 - mask)
+    return (1 + balance) * mask
+
+
+class MaskState:
+    """The exponential moving average across steps; restarts when the latent size changes."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+
+    def update(self, mask: torch.Tensor, ema: float) -> torch.Tensor:
+        prev = self.previous
+        if prev is not None and prev.shape == mask.shape and ema > 0:
+            mask = ema * prev + (1 - ema) * mask
+        self.previous = mask
+        return mask
+
+    def reset(self) -> None:
+        self.previous = None
+
+
+def refine(
+    raw: torch.Tensor, size: tuple[int, int], params: MaskParams, state: MaskState | None = None
+) -> torch.Tensor:
+    """Raw map (B, h, w) of any source -> final mask (B, 1, H, W) at the latent ``size``.
+
+    Normalise, blur (``params.blur`` is in latent pixels, scaled to the map's own resolution),
+    resize, soft threshold, EMA across steps, then the balance.
+    """
+    m = normalise(raw)
+    m = gaussian_blur(m, params.blur * raw.shape[-2] / size[0])
+    m = resize(m, size)
+    m = soft_threshold(m, params.threshold, params.softness)
+    if state is not None:
+        m = state.update(m, params.ema)
+    return apply_balance(m, params.balance)[:, None]
+
+
+def full_mask(batch: int, size: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """``M = 1`` everywhere: no spatial mixing."""
+    return torch.ones((batch, 1, *size), dtype=torch.float32, device=device)

@@ -1,0 +1,103 @@
+"""Mask refinement: balance endpoints, monotonicity, robust normalisation, any latent size."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lib_degu import mask as M
+
+
+def test_difference_map_is_channel_mean_of_absolute_difference():
+    s = torch.zeros(2, 4, 3, 5)
+    g = torch.zeros(2, 4, 3, 5)
+    g[0, :2, 1, 1] = 2.0
+    raw = M.difference_map(s, g)
+    assert raw.shape == (2, 3, 5)
+    assert raw[0, 1, 1] == 1.0 and raw.sum() == 1.0
+
+
+def test_normalise_uses_a_high_quantile_so_one_hot_pixel_does_not_flatten_the_map():
+    raw = torch.full((1, 20, 20), 0.5)
+    raw[0, 0, 0] = 1000.0
+    out = M.normalise(raw)
+    assert out.max() == 1.0 and out.min() == 1.0  # the bulk at 0.5 is the quantile: it maps to 1
+    divided_by_max = raw / raw.max()
+    assert divided_by_max[0, 5, 5] < 0.001
+
+
+def test_normalise_is_per_image():
+    raw = torch.stack([torch.linspace(0, 1, 100).view(10, 10), torch.linspace(0, 100, 100).view(10, 10)])
+    out = M.normalise(raw)
+    assert torch.allclose(out[0], out[1], atol=1e-6)
+
+
+def test_gaussian_blur_keeps_constants_and_spreads_a_point():
+    const = torch.full((1, 7, 9), 0.3)
+    assert torch.allclose(M.gaussian_blur(const, 2.0), const)
+    point = torch.zeros(1, 9, 9)
+    point[0, 4, 4] = 1.0
+    blurred = M.gaussian_blur(point, 1.0)
+    assert blurred[0, 4, 4] < 1.0 and blurred[0, 4, 5] > 0 and abs(float(blurred.sum()) - 1.0) < 1e-5
+    assert torch.equal(M.gaussian_blur(point, 0.0), point)
+
+
+def test_soft_threshold_hard_and_soft():
+    x = torch.tensor([[[0.1, 0.5, 0.9]]])
+    assert torch.equal(M.soft_threshold(x, 0.5, 0.0), torch.tensor([[[0.0, 1.0, 1.0]]]))
+    soft = M.soft_threshold(x, 0.5, 0.1)
+    assert soft[0, 0, 1] == 0.5 and soft[0, 0, 0] < 0.02 and soft[0, 0, 2] > 0.98
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**16), st.floats(-1, 1), st.floats(-1, 1))
+def test_balance_endpoints_exact_and_monotone(seed, b1, b2):
+    m = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(M.apply_balance(m, 1.0), torch.ones_like(m))
+    assert torch.equal(M.apply_balance(m, -1.0), torch.zeros_like(m))
+    assert torch.equal(M.apply_balance(m, 0.0), m)
+    low, high = sorted((b1, b2))
+    assert bool((M.apply_balance(m, low) <= M.apply_balance(m, high) + 1e-7).all())
+
+
+def test_ema_across_steps_and_restart_on_new_size():
+    state = M.MaskState()
+    a = torch.zeros(1, 4, 4)
+    b = torch.ones(1, 4, 4)
+    assert torch.equal(state.update(a, 0.5), a)
+    assert torch.allclose(state.update(b, 0.5), torch.full((1, 4, 4), 0.5))
+    bigger = torch.ones(1, 8, 6)
+    assert torch.equal(state.update(bigger, 0.5), bigger)  # hires: new latent size, fresh start
+    assert torch.equal(state.update(torch.zeros(1, 8, 6), 0.0), torch.zeros(1, 8, 6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12), st.integers(1, 12), st.integers(1, 40), st.integers(1, 40), st.floats(-1, 1),
+    st.floats(0, 8),
+)
+def test_refine_any_sizes_in_range(h, w, H, W, balance, blur):
+    raw = torch.rand(2, h, w, generator=torch.Generator().manual_seed(h * 100 + w))
+    params = M.MaskParams(threshold=0.4, softness=0.1, blur=blur, ema=0.5, balance=balance)
+    state = M.MaskState()
+    for _ in range(2):
+        out = M.refine(raw, (H, W), params, state)
+        assert out.shape == (2, 1, H, W) and out.dtype == torch.float32
+        assert bool(((out >= 0) & (out <= 1)).all())
+
+
+def test_refine_finds_the_bright_region_and_balance_overrides_it():
+    raw = torch.zeros(1, 8, 16)
+    raw[0, 2:6, 2:6] = 1.0
+    raw += 0.01 * torch.rand(1, 8, 16, generator=torch.Generator().manual_seed(0))
+    params = M.MaskParams(threshold=0.5, softness=0.05, blur=0.0, ema=0.0, balance=0.0)
+    out = M.refine(raw, (16, 32), params)[0, 0]
+    assert out[8, 8] > 0.99 and out[2, 28] < 0.01
+    assert torch.equal(M.refine(raw, (16, 32), M.MaskParams(balance=1.0)), torch.ones(1, 1, 16, 32))
+    assert torch.equal(M.refine(raw, (16, 32), M.MaskParams(balance=-1.0)), torch.zeros(1, 1, 16, 32))
+
+
+def test_attention_map_averages_layers_of_different_resolutions():
+    coarse = torch.ones(1, 2, 2)
+    fine = torch.zeros(1, 4, 4)
+    out = M.attention_map([coarse, fine], (4, 4))
+    assert out.shape == (1, 4, 4) and torch.allclose(out, torch.full((1, 4, 4), 0.5))
