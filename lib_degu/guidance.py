@@ -57,3 +57,16 @@ def combine(
         # g + a_id * M * (s - g), as torch.lerp: exactly g at weight 0 and exactly s at weight 1.
         return torch.lerp(g, s, identity_scale * m)
     return u + cfg_scale * (identity_scale * m * (s - u) + context_scale * (1 - m) * (g - u))
+
+
+def compose(u: torch.Tensor, parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """One stream's prediction from weighted ``AND`` parts: ``u + sum_k w_k (c_k - u)``.
+
+    A single part of weight 1 is returned as is, so the common case stays bit-exact.
+    """
+    if len(parts) == 1 and weights[0] == 1.0:
+        return parts[0]
+    out = u.clone()
+    for part, weight in zip(parts, weights, strict=True):
+        out += weight * (part - u)
+    return out

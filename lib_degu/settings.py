@@ -167,11 +167,12 @@ class DeGuSettings:
     def from_args(cls, args: Sequence[Any]) -> DeGuSettings:
         """Positional arguments in UI order (the WebUI's script args, the API's ``args`` list).
 
-        A single dict is read as named fields (API convenience); missing trailing args keep their
-        defaults.
+        A dict in first position is read as named fields (API convenience: the WebUI fills the
+        remaining positions with UI defaults, which are then ignored); missing trailing args keep
+        their defaults.
         """
         args = list(args)
-        if len(args) == 1 and isinstance(args[0], Mapping):
+        if args and isinstance(args[0], Mapping):
             return cls.from_dict(args[0])
         names = cls.names()
         if len(args) > len(names):

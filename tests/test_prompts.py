@@ -96,3 +96,15 @@ def test_fuzz_removal_never_raises_and_leaves_no_subject(prompt, subject):
     assert len(find_subject(out, subject)) <= len(find_subject(prompt, subject))
     if not find_subject(prompt, subject):
         assert out == prompt
+
+
+def test_differing_positions_same_and_different_lengths():
+    from lib_degu.tokens import differing_positions, flatten_chunks
+
+    bos, eos = 1, 2
+    subject = [bos, 10, 11, 99, 12, eos, eos]
+    assert differing_positions(subject, [bos, 10, 11, 50, 12, eos, eos]) == [3]
+    assert differing_positions(subject, [bos, 10, 11, 12, eos, eos, eos]) == [3]  # removed
+    assert differing_positions([bos, 10, 97, 98, 12, eos], [bos, 10, 50, 12, eos, eos]) == [2, 3]
+    assert differing_positions(subject, subject) == []
+    assert flatten_chunks([[1] * 77, [2] * 77])[76:78] == [1, 2]
