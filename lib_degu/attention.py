@@ -90,6 +90,7 @@ class AttentionCapture:
         self._pending_q: dict[int, torch.Tensor] = {}
         self._sum: torch.Tensor | None = None
         self._counts: list[int] = []
+        self._next_call: list[tuple[int, int]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> AttentionCapture:
@@ -107,11 +108,11 @@ class AttentionCapture:
         self.remove()
 
     def remove(self) -> None:
+        """Remove every hook. What this step accumulated so far stays until ``take``."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._pending_q.clear()
-        self._sum = None
         self._call = None
 
     @property
@@ -129,10 +130,17 @@ class AttentionCapture:
         self._sum = None
         self._counts = [0] * len(subject_rows)
         self._pending_q.clear()
+        self._next_call = None
+
+    def arm_call(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """For hosts that batch rows in their own order (Forge): the next root call's subject rows,
+        as ``(row within the call, image)`` pairs, instead of counting rows from ``begin_step``."""
+        self._next_call = list(pairs)
 
     def disarm(self) -> None:
         self._weights = None
         self._call = None
+        self._next_call = None
         self._pending_q.clear()
 
     def take(self) -> torch.Tensor | None:
@@ -151,9 +159,12 @@ class AttentionCapture:
         if self._weights is None or not torch.is_tensor(x) or x.dim() < 4:
             self._call = None
             return
-        start, stop = self._row_offset, self._row_offset + x.shape[0]
-        self._row_offset = stop
-        pairs = [(row - start, image) for image, row in enumerate(self._subject_rows) if start <= row < stop]
+        if self._next_call is not None:
+            pairs, self._next_call = self._next_call, None
+        else:
+            start, stop = self._row_offset, self._row_offset + x.shape[0]
+            self._row_offset = stop
+            pairs = [(row - start, image) for image, row in enumerate(self._subject_rows) if start <= row < stop]
         if not pairs:
             self._call = None
             return

@@ -1,0 +1,35 @@
+// Tooltips for the DeGu accordion, in the WebUI's hint convention (a `title` on the control).
+// The texts are DeGuSettings' help strings; tests/test_ui_assets.py keeps them in sync.
+(function () {
+    const degu_hints = {
+    "enabled": "Turn Decoupled Guidance on.",
+    "subject": "The word(s) that name your personalised subject in the prompt: sks, ohwx, a trigger word or an embedding name.",
+    "generic": "What the subject becomes in the context prompt, e.g. 'a' for 'sks dog' -> 'a dog'. Empty removes the subject word.",
+    "identity_scale": "Multiplies the guidance of the prompt as written, inside the subject mask.",
+    "context_scale": "Multiplies the guidance of the generic prompt, outside the subject mask.",
+    "balance": "+1: identity guidance everywhere (max fidelity). -1: generic guidance everywhere (max editability). 0: the estimated subject mask.",
+    "mask_source": "attention: where the image looks at the subject token. difference: where removing the subject changes the prediction. full: no spatial mixing.",
+    "threshold": "Normalised attention above this counts as subject.",
+    "softness": "Width of the transition around the threshold; 0 gives a hard edge.",
+    "blur": "Gaussian blur of the mask, in latent pixels (8 image pixels).",
+    "ema": "How much of the previous step's mask is kept; 0 uses each step's mask alone.",
+    "start": "Fraction of the sampling steps where DeGu starts.",
+    "end": "Fraction of the sampling steps where DeGu stops (1: the last step).",
+    "show_mask": "Add the final mask as a heat-map over each image to the gallery."
+};
+
+    function applyDeguHints() {
+        for (const tab of ["txt2img", "img2img"]) {
+            for (const [name, text] of Object.entries(degu_hints)) {
+                const root = gradioApp().getElementById(`script_${tab}_degu_${name}`);
+                if (!root) continue;
+                root.title = text;
+                root.querySelectorAll("input, textarea, label, span").forEach((el) => {
+                    if (!el.title) el.title = text;
+                });
+            }
+        }
+    }
+
+    onUiLoaded(applyDeguHints);
+})();

@@ -1,0 +1,366 @@
+"""AUTOMATIC1111 1.10 adapter: DeGu inside ``CFGDenoiser.forward`` (modules/sd_samplers_cfg_denoiser.py).
+
+Per pass (``process_before_every_sampling``) the adapter computes the generic prompt's conditioning
+and the subject's token positions, and patches this pass's sampler object only:
+- ``combine_denoised`` of the pass's CFGDenoiser is wrapped: the original runs first (so AND
+  weights, other wrappers and inpaint blending stay the host's), DeGu adds its difference;
+- ``launch_sampling`` is wrapped so attention hooks exist only while this pass samples and are
+  removed in ``finally`` (errors, interrupts), together with every other patch.
+The generic rows join the same model batch in the global ``on_cfg_denoiser`` callback, inserted
+before the trailing uncond rows; the callback does nothing for denoisers that carry no DeGu pass.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from modules import prompt_parser, script_callbacks, shared
+from modules.sd_samplers_cfg_denoiser import catenate_conds
+
+from lib_degu import guidance
+from lib_degu.attention import AttentionCapture, find_cross_attention, token_indicator
+from lib_degu.hosts.common import Generation, plan_prompts, subject_positions
+from lib_degu.plan import ImagePlan, check_settings
+from lib_degu.settings import DeGuSettings
+from lib_degu.step import Guide, is_active
+
+PASS_ATTR = "_degu_pass"
+CHUNK = 77
+
+
+@dataclass
+class StepPlan:
+    step: int
+    cond_rows: int
+    sigma0: float | torch.Tensor
+
+
+@dataclass
+class Pass:
+    """Everything one sampling pass needs; lives on the pass's CFGDenoiser, removed after it."""
+
+    p: Any
+    generation: Generation
+    plans: list[ImagePlan]
+    active_images: list[int]
+    cond_rows: list[list[int]]  # per image: the host's row of each AND part
+    generic_conds: Any  # list of schedules, one per generic row
+    generic_rows: dict[tuple[int, int], int]  # (image, part) -> index among the generic rows
+    identity_rows: list[int]  # per active image: the cond row the attention is read from
+    positions: list[list[int]]  # per active image: subject token positions in that row
+    guide: Guide
+    model: Any
+    capture: AttentionCapture | None = None
+    step_plan: StepPlan | None = None
+    off: bool = False
+    # Instance attributes our patches replaced (a foreign extension's patch), restored on unpatch.
+    replaced: dict[str, Any] = field(default_factory=dict)
+
+
+# -- generation and pass setup -------------------------------------------------------------------
+def start_generation(p: Any, settings: DeGuSettings) -> Generation | None:
+    generation = Generation(settings)
+    problem = check_settings(settings)
+    if problem is None and getattr(shared.sd_model, "cond_stage_key", None) == "edit":
+        problem = "DeGu: InstructPix2Pix edit models are not supported; DeGu is off for this generation."
+    if problem is not None:
+        generation.note(p, problem)
+        return None
+    return generation
+
+
+def _tokenize_line(model: Any) -> Any:
+    text_model = getattr(model, "cond_stage_model", None)
+    if hasattr(text_model, "model_lg"):  # SD3: the CLIP-L/G chunks come first in crossattn
+        return text_model.model_lg.tokenize_line
+    if hasattr(text_model, "tokenize_line"):  # SD1/SD2
+        return text_model.tokenize_line
+    for embedder in getattr(text_model, "embedders", []):  # SDXL: CLIP-L and G share the layout
+        if hasattr(embedder, "tokenize_line"):
+            return embedder.tokenize_line
+    return None
+
+
+def _and_parts(prompt: str) -> list[tuple[str, float]]:
+    """The host's own AND split: (text, weight) per part, in the order of the cond rows."""
+    indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])
+    return [(flat[i], weight) for i, weight in indexes[0]]
+
+
+def _generic_conds(p: Any, generation: Generation, texts: list[str]) -> Any:
+    from modules import sd_samplers
+
+    hires = bool(getattr(p, "is_hr_pass", False))
+    width = p.hr_upscale_to_x if hires else p.width
+    height = p.hr_upscale_to_y if hires else p.height
+    hires_steps = None
+    if hires:
+        config = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
+        steps = p.hr_second_pass_steps or p.steps
+        hires_steps = config.total_steps(steps) if config else steps
+    return p.get_conds_with_caching(
+        prompt_parser.get_learned_conditioning,
+        prompt_parser.SdConditioning(texts, width=width, height=height),
+        p.firstpass_steps,
+        [generation.cache(p)],
+        p.hr_extra_network_data if hires else p.extra_network_data,
+        hires_steps,
+    )
+
+
+def prepare_pass(p: Any, generation: Generation) -> Pass | None:
+    """Plan the pass, compute generic conds and positions, patch this pass's sampler."""
+    settings = generation.settings
+    plans = plan_prompts(p, generation, _and_parts)
+    cond_rows: list[list[int]] = []
+    row = 0
+    for plan in plans:
+        cond_rows.append(list(range(row, row + len(plan.parts))))
+        row += len(plan.parts)
+    active = [i for i, plan in enumerate(plans) if plan.active]
+    if not active:
+        return None
+
+    generic_texts: list[str] = []
+    generic_rows: dict[tuple[int, int], int] = {}
+    for image in active:
+        for part_index, part in enumerate(plans[image].parts):
+            if part.generic is not None:
+                generic_rows[image, part_index] = len(generic_texts)
+                generic_texts.append(part.generic)
+
+    tokenize_line = _tokenize_line(shared.sd_model)
+    identity_rows, positions = [], []
+    for image in active:
+        first = plans[image].first_subject_part
+        identity_rows.append(cond_rows[image][first])
+        part = plans[image].parts[first]
+        positions.append(
+            subject_positions(tokenize_line, part.text, part.generic or "", settings.subject) if tokenize_line else []
+        )
+
+    state = Pass(
+        p=p,
+        generation=generation,
+        plans=plans,
+        active_images=active,
+        cond_rows=cond_rows,
+        generic_conds=_generic_conds(p, generation, generic_texts),
+        generic_rows=generic_rows,
+        identity_rows=identity_rows,
+        positions=positions,
+        guide=Guide(settings),
+        model=shared.sd_model,
+    )
+    if settings.mask_source == "attention":
+        state.capture = _make_capture(p, generation, positions)
+    _patch_sampler(p.sampler, state)
+    return state
+
+
+def _make_capture(p: Any, generation: Generation, positions: list[list[int]]) -> AttentionCapture | None:
+    from modules import sd_unet
+
+    unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
+    reason = None
+    if getattr(sd_unet, "current_unet", None) is not None:
+        reason = "a custom UNet (e.g. TensorRT) is active"
+    elif unet is None or not find_cross_attention(unet):
+        reason = "this model has no cross-attention layers DeGu can read (e.g. SD3)"
+    elif not all(positions):
+        reason = "the subject's tokens could not be located"
+    if reason:
+        generation.note(p, f"DeGu: attention mask unavailable ({reason}); using the difference mask.")
+        return None
+    return AttentionCapture(unet)
+
+
+# -- patches on this pass's sampler --------------------------------------------------------------
+def _patch_sampler(sampler: Any, state: Pass) -> None:
+    denoiser = sampler.model_wrap_cfg
+    if getattr(denoiser, PASS_ATTR, None) is not None:  # already patched for this pass
+        unpatch_sampler(sampler)
+    original_combine = denoiser.combine_denoised
+    original_launch = sampler.launch_sampling
+    for owner, name in ((denoiser, "combine_denoised"), (sampler, "launch_sampling")):
+        if name in vars(owner):
+            state.replaced[name] = vars(owner)[name]
+
+    def combine_denoised(self: Any, x_out: torch.Tensor, conds_list: list, uncond: Any, cond_scale: float) -> Any:
+        denoised = original_combine(x_out, conds_list, uncond, cond_scale)
+        return _add_degu(self, state, denoised, x_out, uncond, cond_scale)
+
+    def launch_sampling(steps: int, func: Any) -> Any:
+        try:
+            if state.capture is not None:
+                state.capture.__enter__()
+            return original_launch(steps, func)
+        finally:
+            unpatch_sampler(sampler)
+
+    denoiser.combine_denoised = types.MethodType(combine_denoised, denoiser)
+    sampler.launch_sampling = launch_sampling
+    setattr(denoiser, PASS_ATTR, state)
+
+
+def unpatch_sampler(sampler: Any) -> None:
+    """Undo every patch on this sampler and remove the attention hooks. Safe to call twice."""
+    denoiser = getattr(sampler, "model_wrap_cfg", None)
+    state: Pass | None = getattr(denoiser, PASS_ATTR, None)
+    if state is None:
+        return
+    if state.capture is not None:
+        state.capture.remove()
+    state.generation.sources |= state.guide.sources_used
+    for owner, name in ((denoiser, "combine_denoised"), (sampler, "launch_sampling")):
+        if name in vars(owner):
+            delattr(owner, name)
+        if name in state.replaced:
+            setattr(owner, name, state.replaced[name])
+    delattr(denoiser, PASS_ATTR)
+    _report_nonfinite(state)
+
+
+def _report_nonfinite(state: Pass) -> None:
+    count = state.guide.nonfinite_steps
+    if count is not None and int(count) > 0:  # one host sync, after sampling
+        state.generation.note(
+            state.p, f"DeGu: non-finite values in {int(count)} image-step(s); the host's own result was used there."
+        )
+
+
+# -- per step ------------------------------------------------------------------------------------
+def on_cfg_denoiser(params: Any) -> None:
+    """Insert the generic rows before the trailing uncond rows (script_callbacks.on_cfg_denoiser)."""
+    denoiser = params.denoiser
+    state: Pass | None = getattr(denoiser, PASS_ATTR, None)
+    if state is None or state.off:
+        return
+    state.step_plan = None
+    try:
+        if not is_active(state.generation.settings, denoiser.step / max(denoiser.total_steps or 1, 1)):
+            return
+        if shared.sd_model is not state.model:
+            state.off = True
+            state.generation.note(
+                state.p, "DeGu: the model changed during sampling (refiner); DeGu is off after the switch."
+            )
+            return
+        _insert_generic_rows(params, state)
+    except Exception as error:  # never break the user's generation
+        state.step_plan = None
+        state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
+
+
+def _fit_tokens(generic: Any, text_cond: Any) -> Any:
+    """Make the generic rows' token count equal the prompt rows' (empty-prompt chunks, marker row)."""
+
+    def fit(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        tokens, wanted = g.shape[1], target.shape[1]
+        if wanted % CHUNK == 1 and tokens % CHUNK == 0:  # ControlNet's marker row leads the prompt rows
+            g = torch.cat([target[:1, :1].expand(g.shape[0], 1, -1).to(g), g], dim=1)
+            tokens += 1
+        if tokens < wanted:
+            empty = getattr(shared.sd_model, "cond_stage_model_empty_prompt", None)
+            if empty is not None and (wanted - tokens) % CHUNK == 0 and empty.shape[-1] == g.shape[-1]:
+                g = torch.cat([g, empty.to(g).repeat(g.shape[0], (wanted - tokens) // CHUNK, 1)], dim=1)
+            else:
+                g = torch.cat([g, g[:, -1:].repeat(1, wanted - tokens, 1)], dim=1)
+        if g.shape[1] != wanted:
+            raise ValueError(f"the generic prompt needs {g.shape[1]} tokens, the prompt {wanted}")
+        return g
+
+    if isinstance(text_cond, dict):
+        fitted = dict(generic)
+        fitted["crossattn"] = fit(generic["crossattn"], text_cond["crossattn"])
+        return prompt_parser.DictWithShape(fitted)
+    return fit(generic, text_cond)
+
+
+def _insert_generic_rows(params: Any, state: Pass) -> None:
+    denoiser = params.denoiser
+    text_cond = params.text_cond
+    cond_rows = text_cond.shape[0]
+    expected = sum(len(rows) for rows in state.cond_rows)
+    if cond_rows != expected:
+        raise ValueError(f"{cond_rows} prompt rows, expected {expected}")
+    generic = _fit_tokens(prompt_parser.reconstruct_cond_batch(state.generic_conds, denoiser.step), text_cond)
+    source_rows = [0] * len(state.generic_rows)
+    for (image, part), index in state.generic_rows.items():
+        source_rows[index] = state.cond_rows[image][part]
+    take = torch.tensor(source_rows, device=params.x.device)
+
+    def insert(rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([rows[:cond_rows], rows.index_select(0, take.to(rows.device)), rows[cond_rows:]])
+
+    x, sigma, image_cond = insert(params.x), insert(params.sigma), insert(params.image_cond)
+    merged = catenate_conds([text_cond, generic])
+    if isinstance(text_cond, dict):
+        merged = prompt_parser.DictWithShape(merged)
+    # Assign only once everything is built: the host reads all fields back.
+    params.x, params.sigma, params.image_cond, params.text_cond = x, sigma, image_cond, merged
+    state.step_plan = StepPlan(step=denoiser.step, cond_rows=cond_rows, sigma0=params.sigma[0])
+    if state.capture is not None:
+        state.capture.begin_step(state.identity_rows, token_indicator(state.positions, generic.shape[1], x.device))
+
+
+def _uncond_skipped(denoiser: Any, sigma0: Any) -> bool:
+    """Replicates CFGDenoiser.forward's skip_uncond (Skip Early CFG, NGMS): combine gets fake uncond."""
+    opts = shared.opts
+    if opts.skip_early_cond != 0.0 and denoiser.step / denoiser.total_steps <= opts.skip_early_cond:
+        return True
+    s_min_uncond = getattr(denoiser.sampler, "s_min_uncond", 0.0) or 0.0
+    return bool((denoiser.step % 2 or opts.s_min_uncond_all) and s_min_uncond > 0 and sigma0 < s_min_uncond)
+
+
+def _add_degu(denoiser: Any, state: Pass, denoised: Any, x_out: torch.Tensor, uncond: Any, cond_scale: float) -> Any:
+    plan, state.step_plan = state.step_plan, None
+    if plan is None or plan.step != denoiser.step:
+        if state.capture is not None:
+            state.capture.disarm()
+        return denoised
+    try:
+        batch = uncond.shape[0]
+        u_all = x_out[-batch:]
+        skipped = _uncond_skipped(denoiser, plan.sigma0)
+        identity, context, uncond_rows = [], [], []
+        for image in state.active_images:
+            u = u_all[image]
+            parts = state.plans[image].parts
+            rows = state.cond_rows[image]
+            weights = [part.weight for part in parts]
+            s_parts = [x_out[row] for row in rows]
+            g_parts = [
+                x_out[plan.cond_rows + state.generic_rows[image, k]] if (image, k) in state.generic_rows else s_parts[k]
+                for k in range(len(parts))
+            ]
+            identity.append(guidance.compose(u, s_parts, weights))
+            context.append(guidance.compose(u, g_parts, weights))
+            uncond_rows.append(u)
+        s, g = torch.stack(identity), torch.stack(context)
+        # With uncond skipped the host's result is the prompt alone: the no-uncond formula applies.
+        u = None if skipped else torch.stack(uncond_rows)
+        attention = state.capture.take() if state.capture is not None else None
+        delta = state.guide.delta(u, s, g, cfg_scale=cond_scale, attention=attention)
+        index = torch.tensor(state.active_images, device=denoised.device)
+        return denoised.index_add(0, index, delta.to(denoised.dtype))
+    except Exception as error:
+        state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
+        return denoised
+
+
+# -- registration ----------------------------------------------------------------------------------
+def register_callbacks() -> None:
+    """Register the global callback once (the script module is re-executed on 'Reload UI')."""
+    script_callbacks.remove_callbacks_for_function(on_cfg_denoiser)
+    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="degu")
+
+
+def undo_pass(p: Any) -> None:
+    """Remove whatever a failed ``prepare_pass`` left on this pass's sampler."""
+    sampler = getattr(p, "sampler", None)
+    if sampler is not None:
+        unpatch_sampler(sampler)

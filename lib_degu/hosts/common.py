@@ -1,0 +1,79 @@
+"""Pieces both host adapters share. Imports no host module: hosts pass their functions in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lib_degu.plan import ImagePlan, plan_image
+from lib_degu.settings import DeGuSettings
+from lib_degu.tokens import differing_positions, flatten_chunks
+
+
+@dataclass
+class Generation:
+    """Per-generation state, kept on ``p`` (never in module globals): settings, the notes already
+    shown, DeGu's own conditioning caches, the mask sources that actually ran."""
+
+    settings: DeGuSettings
+    notes: list[str] = field(default_factory=list)
+    caches: dict[str, list] = field(default_factory=dict)
+    sources: set[str] = field(default_factory=set)
+
+    def note(self, p: Any, message: str) -> None:
+        """Tell the user once: in the console and in the comments shown under the result."""
+        if message in self.notes:
+            return
+        self.notes.append(message)
+        print(f"[DeGu] {message}")
+        if hasattr(p, "comment"):
+            p.comment(message)
+
+    def cache(self, p: Any) -> list:
+        """DeGu's own ``[params, result]`` cache per pass kind; the host's class-level one is shared."""
+        return self.caches.setdefault("hr" if getattr(p, "is_hr_pass", False) else "first", [None, None])
+
+
+def plan_prompts(
+    p: Any, generation: Generation, parts_of: Callable[[str], list[tuple[str, float]]]
+) -> list[ImagePlan]:
+    """One plan per image of this pass (hires prompts in the hires pass); tells the user about
+    images whose prompt lacks the subject."""
+    prompts = list(p.hr_prompts if getattr(p, "is_hr_pass", False) else p.prompts)
+    plans = [plan_image(parts_of(prompt), generation.settings) for prompt in prompts]
+    missing = [i for i, plan in enumerate(plans) if not plan.active]
+    if missing:
+        numbers = ", ".join(str(i + 1) for i in missing)
+        which = "the prompt" if len(missing) == len(plans) else f"the prompt of image(s) {numbers}"
+        generation.note(
+            p,
+            f"DeGu: subject '{generation.settings.subject}' not found in {which}; "
+            "made without DeGu (as if it were off).",
+        )
+    return plans
+
+
+def subject_positions(
+    tokenize_line: Callable[[str], tuple[Sequence[Any], int]],
+    text: str,
+    generic: str,
+    subject: str,
+    chunk_length: int = 77,
+) -> list[int]:
+    """Key positions of the subject in ``text``'s conditioning: the tokens the generic text lacks,
+    plus every vector slot of a Textual Inversion embedding named like the subject."""
+    chunks, _ = tokenize_line(text)
+    generic_chunks, _ = tokenize_line(generic)
+    positions = set(
+        differing_positions(
+            flatten_chunks([c.tokens for c in chunks], chunk_length),
+            flatten_chunks([c.tokens for c in generic_chunks], chunk_length),
+        )
+    )
+    for index, chunk in enumerate(chunks):
+        for fix in getattr(chunk, "fixes", None) or []:
+            if getattr(fix.embedding, "name", "").lower() == subject.strip().lower():
+                first = index * chunk_length + fix.offset + 1
+                positions.update(range(first, first + int(fix.embedding.vectors)))
+    return sorted(positions)

@@ -1,0 +1,304 @@
+"""Forge adapter: DeGu through Forge's own batcher (backend/sampling/sampling_function.py).
+
+Forge never calls ``combine_denoised`` and never fires ``on_cfg_denoised``, so nothing of the
+A1111 adapter applies. Per pass, on a clone of the pass's UnetPatcher (Forge drops it afterwards):
+- a conditioning modifier appends a zero-strength generic entry (a copy of the prompt's entry with
+  its text conditioning replaced, so ControlNet, inpaint ``c_concat`` and Flux ``guidance`` stay)
+  and tags every entry's rows with their stream (a CPU tensor: reading it never syncs the GPU);
+- a model-function wrapper, chained around any previous one, keeps the generic rows' output and,
+  for the attention mask, hooks ``attn2.to_q/to_k`` only for the duration of that one call;
+- the first post-CFG function returns ``denoised + (DeGu - plain CFG)``, so a cfg function
+  (dynamic thresholding) and later post-CFG functions (PAG, SAG) still apply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from backend.sampling import sampling_function as forge_sampling
+from backend.sampling.condition import Condition, ConditionCrossAttn, repeat_to_batch_size
+from modules import prompt_parser, shared
+
+from lib_degu.attention import AttentionCapture, find_cross_attention, token_indicator
+from lib_degu.hosts.common import Generation, plan_prompts, subject_positions
+from lib_degu.plan import ImagePlan, check_settings
+from lib_degu.settings import DeGuSettings
+from lib_degu.step import Guide, is_active
+
+ROLE_KEY = "degu_role"
+UNCOND, IDENTITY, CONTEXT = 0.0, 1.0, 2.0
+PATCHER_ATTR = "degu_pass"
+
+
+class RoleTag(Condition):
+    """Marks which stream each row belongs to. Kept on the CPU (never moved to the device)."""
+
+    def process_cond(self, batch_size: int, device: Any, **kwargs: Any) -> RoleTag:
+        return self._copy_with(repeat_to_batch_size(self.cond, batch_size))
+
+
+@dataclass
+class StepState:
+    cond_scale: float
+    uncond_runs: bool
+    generic_entry: dict
+    generic: torch.Tensor | None = None
+
+
+@dataclass
+class Pass:
+    p: Any
+    generation: Generation
+    plans: list[ImagePlan]
+    active_images: list[int]
+    generic_conds: Any
+    positions: list[list[int]]
+    guide: Guide
+    base_unet: Any
+    capture: AttentionCapture | None = None
+    step: StepState | None = None
+    fallback_announced: bool = False
+    extra_calls: int = 0
+
+    def __deepcopy__(self, memo: dict) -> Pass:
+        return self  # UnetPatcher.clone deep-copies model_options; the pass state stays shared
+
+
+def start_generation(p: Any, settings: DeGuSettings) -> Generation | None:
+    generation = Generation(settings)
+    problem = check_settings(settings)
+    if problem is not None:
+        generation.note(p, problem)
+        return None
+    return generation
+
+
+def _tokenize_line(model: Any) -> Any:
+    """The CLIP engine whose 77-token chunks are the UNet's keys (SD1/SD2; SDXL's L and G align)."""
+    for name in ("text_processing_engine", "text_processing_engine_l"):
+        engine = getattr(model, name, None)
+        if engine is not None and not hasattr(model, "text_processing_engine_t5"):
+            return engine.tokenize_line
+    return None
+
+
+def _parts(prompt: str) -> list[tuple[str, float]]:
+    indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])
+    return [(flat[i], weight) for i, weight in indexes[0]]
+
+
+def _generic_conds(p: Any, generation: Generation, texts: list[str]) -> Any:
+    from modules import sd_samplers
+
+    hires = bool(getattr(p, "is_hr_pass", False))
+    hires_steps = None
+    if hires:
+        config = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
+        steps = p.hr_second_pass_steps or p.steps
+        hires_steps = config.total_steps(steps) if config else steps
+    conditioning = prompt_parser.SdConditioning(
+        texts,
+        width=p.hr_upscale_to_x if hires else p.width,
+        height=p.hr_upscale_to_y if hires else p.height,
+        distilled_cfg_scale=getattr(p, "hr_distilled_cfg" if hires else "distilled_cfg_scale", None),
+    )
+    return p.get_conds_with_caching(
+        prompt_parser.get_learned_conditioning,
+        conditioning,
+        p.firstpass_steps,
+        [generation.cache(p)],
+        p.hr_extra_network_data if hires else p.extra_network_data,
+        hires_steps,
+    )
+
+
+def prepare_pass(p: Any, generation: Generation) -> Pass | None:
+    """Idempotent: Forge calls process_before_every_sampling twice before a hires pass."""
+    unet = p.sd_model.forge_objects.unet
+    previous: Pass | None = getattr(unet, PATCHER_ATTR, None)
+    base_unet = previous.base_unet if previous is not None else unet
+    p.sd_model.forge_objects.unet = base_unet
+
+    plans = plan_prompts(p, generation, _parts)
+    if any(len(plan.parts) > 1 for plan in plans):
+        generation.note(p, "DeGu: AND prompts are merged by Forge before guidance; DeGu is off for them.")
+        return None
+    active = [i for i, plan in enumerate(plans) if plan.active]
+    if not active:
+        return None
+    # Every image needs a row in the generic entry; images without the subject repeat their prompt
+    # (their difference is never applied).
+    texts = [plan.parts[0].generic if plan.active else plan.parts[0].text for plan in plans]
+    tokenize_line = _tokenize_line(shared.sd_model)
+    positions = [
+        subject_positions(tokenize_line, plans[i].parts[0].text, texts[i], generation.settings.subject)
+        if tokenize_line
+        else []
+        for i in active
+    ]
+    state = Pass(
+        p=p,
+        generation=generation,
+        plans=plans,
+        active_images=active,
+        generic_conds=_generic_conds(p, generation, texts),
+        positions=positions,
+        guide=Guide(generation.settings),
+        base_unet=base_unet,
+    )
+    if generation.settings.mask_source == "attention":
+        state.capture = _make_capture(p, generation, base_unet, positions)
+
+    clone = base_unet.clone()
+    _install(clone, state)
+    setattr(clone, PATCHER_ATTR, state)
+    p.sd_model.forge_objects.unet = clone
+    return state
+
+
+def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[list[int]]) -> AttentionCapture | None:
+    diffusion_model = getattr(unet.model, "diffusion_model", None)
+    if diffusion_model is None or not find_cross_attention(diffusion_model):
+        reason = "this model has joint attention (Flux, SD3.5), not cross-attention"
+    elif not all(positions):
+        reason = "the subject's tokens could not be located"
+    else:
+        return AttentionCapture(diffusion_model)
+    generation.note(p, f"DeGu: attention mask unavailable ({reason}); using the difference mask.")
+    return None
+
+
+# -- the hooks ---------------------------------------------------------------------------------------
+def _install(unet: Any, state: Pass) -> None:
+    options = unet.model_options
+    previous_wrapper = options.get("model_function_wrapper")
+
+    def conditioning_modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):  # noqa: ANN001, ANN202
+        state.step = None
+        try:
+            denoiser = state.p.sampler.model_wrap_cfg
+            if not is_active(state.generation.settings, denoiser.step / max(denoiser.total_steps or 1, 1)):
+                return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+            if len(cond) != 1:
+                return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+            generic = prompt_parser.reconstruct_cond_batch(state.generic_conds, denoiser.step)
+            batch = x.shape[0]
+            generic_entry = _generic_entry(cond[0], generic)
+            cond = [_tagged(cond[0], IDENTITY, batch), _tagged(generic_entry, CONTEXT, batch)]
+            if uncond is not None:
+                uncond = [_tagged(entry, UNCOND, batch) for entry in uncond]
+            cfg1 = math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
+            state.step = StepState(cond_scale, uncond is not None and not cfg1, generic_entry)
+            if state.capture is not None:
+                length = max(max(found) for found in state.positions) + 1
+                state.capture.begin_step(state.active_images, token_indicator(state.positions, length, x.device))
+        except Exception as error:
+            state.step = None
+            state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
+        return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+
+    def model_function_wrapper(apply_model, args):  # noqa: ANN001, ANN202
+        c = dict(args["c"])
+        roles = c.pop(ROLE_KEY, None)
+        args = {**args, "c": c}
+        step = state.step
+        if roles is None or step is None:
+            return _call(previous_wrapper, apply_model, args)
+        role_list = roles[:, 0].tolist()  # a CPU tensor: no device sync
+        # The identity entry's rows are the images in order; only active images are captured.
+        identity_rows = [row for row, role in enumerate(role_list) if role == IDENTITY]
+        pairs = [(identity_rows[image], k) for k, image in enumerate(state.active_images) if identity_rows]
+        if state.capture is not None and pairs:
+            state.capture.arm_call(pairs)
+            with state.capture:  # hooks exist for this one call only, removed even if it raises
+                output = _call(previous_wrapper, apply_model, args)
+        else:
+            output = _call(previous_wrapper, apply_model, args)
+        context = [row for row, role in enumerate(role_list) if role == CONTEXT]
+        if context:
+            step.generic = output[context]
+        return output
+
+    def post_cfg(args):  # noqa: ANN001, ANN202
+        step, state.step = state.step, None
+        denoised = args["denoised"]
+        if step is None:
+            return denoised
+        try:
+            generic = step.generic
+            if generic is None:  # the generic rows did not run in the batch: one extra call
+                generic = _extra_generic_call(state, step, args)
+            index = torch.tensor(state.active_images, device=denoised.device)
+            s = args["cond_denoised"].index_select(0, index)
+            g = generic.index_select(0, index.to(generic.device)).to(s)
+            u = args["uncond_denoised"].index_select(0, index) if step.uncond_runs else None
+            attention = state.capture.take() if state.capture is not None else None
+            delta = state.guide.delta(u, s, g, cfg_scale=step.cond_scale, attention=attention)
+            state.generation.sources |= state.guide.sources_used
+            return denoised.index_add(0, index, delta.to(denoised.dtype))
+        except Exception as error:
+            state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
+            return denoised
+
+    unet.add_conditioning_modifier(conditioning_modifier)
+    options["model_function_wrapper"] = model_function_wrapper
+    # First post-CFG function, before PAG/SAG/others (set_model_sampler_post_cfg_function appends).
+    options["sampler_post_cfg_function"] = [post_cfg] + list(options.get("sampler_post_cfg_function", []))
+    estimate = options.get("memory_peak_estimation_modifier", unet.memory_required)
+    # Forge reserves memory for [2B, ...]; DeGu runs 3B rows in the same batch.
+    options["memory_peak_estimation_modifier"] = lambda shape: estimate([shape[0] * 3 // 2, *shape[1:]])
+
+
+def _call(previous_wrapper: Any, apply_model: Any, args: dict) -> torch.Tensor:
+    if previous_wrapper is not None:
+        return previous_wrapper(apply_model, args)
+    return apply_model(args["input"], args["timestep"], **args["c"])
+
+
+def _generic_entry(entry: dict, generic: Any) -> dict:
+    """A copy of the prompt's entry with the generic text conditioning and zero strength."""
+    conds = dict(entry["model_conds"])
+    copy = dict(entry)
+    if isinstance(generic, dict):
+        conds["c_crossattn"] = ConditionCrossAttn(generic["crossattn"])
+        if "y" in conds and "vector" in generic:
+            conds["y"] = Condition(generic["vector"])
+        copy["cross_attn"] = generic["crossattn"]
+        if "pooled_output" in copy:
+            copy["pooled_output"] = generic["vector"]
+    else:
+        conds["c_crossattn"] = ConditionCrossAttn(generic)
+        copy["cross_attn"] = generic
+    conds.pop(ROLE_KEY, None)
+    copy["model_conds"] = conds
+    copy["strength"] = 0.0  # mult = 0: the host's cond prediction and edit strength are unchanged
+    return copy
+
+
+def _tagged(entry: dict, role: float, batch: int) -> dict:
+    tagged = dict(entry)
+    tagged["model_conds"] = {**entry["model_conds"], ROLE_KEY: RoleTag(torch.full((batch, 1), role))}
+    return tagged
+
+
+def _extra_generic_call(state: Pass, step: StepState, args: dict) -> torch.Tensor:
+    if not state.fallback_announced:
+        state.fallback_announced = True
+        print("[DeGu] the generic prompt could not join the model batch; running it as a separate call (slower).")
+    entry = dict(step.generic_entry)
+    entry["strength"] = 1.0
+    state.extra_calls += 1
+    generic, _ = forge_sampling.calc_cond_uncond_batch(
+        args["model"], [entry], None, args["input"], args["sigma"], args["model_options"]
+    )
+    return generic
+
+
+def undo_pass(p: Any) -> None:
+    """Put back the pass's own UnetPatcher if a failed ``prepare_pass`` left our clone."""
+    state: Pass | None = getattr(p.sd_model.forge_objects.unet, PATCHER_ATTR, None)
+    if state is not None:
+        p.sd_model.forge_objects.unet = state.base_unet
