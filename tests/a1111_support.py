@@ -1,0 +1,58 @@
+"""Shared set-up for tests that run the DeGu script inside the simulated A1111 host."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from lib_degu.settings import DeGuSettings
+from tests.fake_a1111 import harness
+
+SCRIPT_PATH = Path(__file__).resolve().parent.parent / "scripts" / "degu.py"
+
+with harness.installed():
+    from modules import script_callbacks, shared  # noqa: F401  (re-exported for the tests)
+
+    _spec = importlib.util.spec_from_file_location("degu.py", SCRIPT_PATH)
+    degu_script = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(degu_script)
+    from lib_degu.hosts import a1111 as adapter  # noqa: F401
+
+
+def script_args(**settings) -> list:
+    s = DeGuSettings(**settings)
+    return [getattr(s, name) for name in DeGuSettings.names()]
+
+
+def make_script():
+    script = degu_script.DeGuScript()
+    script.args_from, script.args_to = 0, len(DeGuSettings.names())
+    return script
+
+
+def run(degu: dict | None = None, **kwargs) -> harness.FakeProcessed:
+    """One txt2img through the fake host; ``degu=None`` runs without the extension's script."""
+    kwargs.setdefault("prompt", "a photo of sks dog on a beach")
+    kwargs.setdefault("negative_prompt", "blurry")
+    kwargs.setdefault("steps", 4)
+    kwargs.setdefault("seed", 3)
+    if degu is not None:
+        kwargs["scripts"] = [make_script()]
+        kwargs["script_args"] = script_args(**degu)
+    p = harness.FakeProcessing(**kwargs)
+    processed = harness.txt2img(p)
+    processed.p = p
+    return processed
+
+
+def unet_hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def rows_per_call(unet: torch.nn.Module):
+    """Records the batch size of every UNet call (a pre-hook the test removes)."""
+    calls: list[int] = []
+    handle = unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    return calls, handle

@@ -1,0 +1,1 @@
+"""Fake of modules/textual_inversion (1.10.1)."""

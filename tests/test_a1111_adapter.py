@@ -1,0 +1,203 @@
+"""The A1111 adapter and script inside the simulated A1111 1.10.1 host (tests/fake_a1111)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.a1111_support import adapter, degu_script, rows_per_call, run, script_callbacks, shared, unet_hook_count
+from tests.fake_a1111 import harness
+
+ON = {"enabled": True, "subject": "sks", "generic": "a"}
+FULL = {**ON, "mask_source": "full"}
+
+
+@pytest.fixture
+def host():
+    with harness.host_session(seed=0) as model:
+        yield model
+
+
+def _no_errors(processed):
+    assert not [c for c in processed.p.comments if "error" in c.lower() or "could not" in c.lower()]
+
+
+def test_disabled_is_bit_identical_to_the_host_without_the_extension(host):
+    plain = run(None).latents
+    assert torch.equal(run({"enabled": False, "subject": "sks"}).latents, plain)
+    assert torch.equal(run({**ON, "enabled": False}).latents, plain)
+    assert "DeGu" not in run({"enabled": False}).p.extra_generation_params
+
+
+def test_full_mask_unit_scales_equals_host_cfg(host):
+    plain = run(None).latents
+    processed = run(FULL)
+    _no_errors(processed)
+    # The generic rows ride in the same batch (3 rows instead of 2): equal up to float noise.
+    assert torch.allclose(processed.latents, plain, atol=1e-4)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "full"
+
+
+def test_generic_rows_run_in_the_same_model_call(host):
+    calls, handle = rows_per_call(host.model.diffusion_model)
+    try:
+        run(ON, batch_size=2)
+    finally:
+        handle.remove()
+    assert calls and all(rows == 6 for rows in calls)  # 2 prompt + 2 generic + 2 uncond rows, one call
+
+
+@pytest.mark.parametrize("source", ["attention", "difference"])
+def test_degu_changes_the_image_and_says_which_mask_ran(host, source):
+    plain = run(None).latents
+    processed = run({**ON, "mask_source": source, "context_scale": 1.5})
+    _no_errors(processed)
+    assert not torch.allclose(processed.latents, plain, atol=1e-3)
+    assert processed.p.extra_generation_params["DeGu mask used"] == source
+    assert processed.p.extra_generation_params["DeGu subject"] == "sks"
+
+
+def test_balance_minus_one_equals_plain_cfg_on_the_generic_prompt(host):
+    generic_plain = run(None, prompt="a photo of a dog on a beach").latents
+    processed = run({**ON, "balance": -1.0, "mask_source": "difference"})
+    assert torch.allclose(processed.latents, generic_plain, atol=1e-4)
+
+
+def test_batch_of_two_prompts_one_without_subject(host):
+    prompts = ["a photo of sks dog", "a photo of a cat"]
+    plain = run(None, prompt=prompts, batch_size=2).latents
+    processed = run({**ON, "context_scale": 2.0}, prompt=prompts, batch_size=2)
+    assert not torch.allclose(processed.latents[0], plain[0], atol=1e-3)
+    assert torch.allclose(processed.latents[1], plain[1], atol=1e-4)
+    assert any("image(s) 2" in c for c in processed.p.comments)
+
+
+def test_and_prompt(host):
+    prompt = "a photo of sks dog AND a sunny beach:0.6"
+    plain = run(None, prompt=prompt).latents
+    assert torch.allclose(run({**FULL}, prompt=prompt).latents, plain, atol=1e-4)
+    processed = run({**ON, "context_scale": 2.0, "mask_source": "difference"}, prompt=prompt)
+    _no_errors(processed)
+    assert not torch.allclose(processed.latents, plain, atol=1e-3)
+
+
+def test_skip_uncond_path(host):
+    shared.opts.skip_early_cond = 0.5
+    plain = run(None).latents
+    assert torch.allclose(run(FULL).latents, plain, atol=1e-4)
+    processed = run({**ON, "context_scale": 2.0})
+    _no_errors(processed)
+    assert torch.isfinite(processed.latents).all()
+
+
+def test_batch_cond_uncond_off_matches_on(host):
+    settings = {**ON, "context_scale": 1.5}
+    batched = run(settings).latents
+    shared.opts.batch_cond_uncond = False
+    split = run(settings)
+    _no_errors(split)
+    assert torch.allclose(split.latents, batched, atol=1e-4)
+
+
+def test_hires_second_pass_at_another_latent_size(host):
+    plain = run(None, enable_hr=True, hr_scale=2.0).latents
+    processed = run({**ON, "context_scale": 1.5}, enable_hr=True, hr_scale=2.0)
+    _no_errors(processed)
+    assert processed.latents.shape == plain.shape == (1, 4, 16, 16)
+    assert not torch.allclose(processed.latents, plain, atol=1e-3)
+    assert torch.allclose(run(FULL, enable_hr=True, hr_scale=2.0).latents, plain, atol=1e-4)
+
+
+def test_window_outside_changes_nothing_inside_changes(host):
+    plain = run(None, steps=4).latents
+    # A window that no step falls into: bit-identical (no rows added at all).
+    assert torch.equal(run({**ON, "start": 0.99, "end": 1.0, "context_scale": 2.0}, steps=4).latents, plain)
+    assert not torch.equal(run({**ON, "start": 0.0, "end": 0.5, "context_scale": 2.0}, steps=4).latents, plain)
+
+
+def test_subject_missing_steps_aside_with_a_message(host):
+    plain = run(None, prompt="a photo of a cat").latents
+    processed = run(ON, prompt="a photo of a cat")
+    assert torch.equal(processed.latents, plain)
+    assert any("not found in the prompt" in c for c in processed.p.comments)
+
+
+def test_bad_settings_step_aside_with_a_message(host):
+    plain = run(None).latents
+    processed = run({"enabled": True, "subject": ""})
+    assert torch.equal(processed.latents, plain)
+    assert any("no subject" in c for c in processed.p.comments)
+
+
+def test_hooks_and_patches_gone_after_exception_mid_sampling(host):
+    unet = host.model.diffusion_model
+    before = unet_hook_count(unet)
+    calls = []
+
+    def explode(module, args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom mid-sampling")
+
+    handle = unet.register_forward_pre_hook(explode)
+    samplers = []
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            p = harness.FakeProcessing(
+                prompt="sks dog", steps=4, scripts=[degu_script.DeGuScript()], script_args=_args(ON)
+            )
+            p.scripts.scripts[0].args_from, p.scripts.scripts[0].args_to = 0, 14
+            try:
+                harness.txt2img(p)
+            finally:
+                samplers.append(p.sampler)
+    finally:
+        handle.remove()
+    assert unet_hook_count(unet) == before
+    sampler = samplers[0]
+    if sampler is not None:
+        assert "launch_sampling" not in vars(sampler)
+        assert "combine_denoised" not in vars(sampler.model_wrap_cfg)
+        assert not hasattr(sampler.model_wrap_cfg, adapter.PASS_ATTR)
+    # The next generation with DeGu off is bit-identical to one without the extension.
+    assert torch.equal(run({"enabled": False}).latents, run(None).latents)
+
+
+def _args(settings):
+    from tests.a1111_support import script_args
+
+    return script_args(**settings)
+
+
+def test_no_hooks_or_extra_callbacks_left_after_generations(host):
+    unet = host.model.diffusion_model
+    before = unet_hook_count(unet)
+    run(ON)
+    run({**ON, "mask_source": "difference"}, enable_hr=True)
+    assert unet_hook_count(unet) == before
+    ours = [c for c in script_callbacks.callback_map["callbacks_cfg_denoiser"] if c.callback is adapter.on_cfg_denoiser]
+    assert len(ours) == 1
+    adapter.register_callbacks()  # "Reload UI" registers again: still one
+    ours = [c for c in script_callbacks.callback_map["callbacks_cfg_denoiser"] if c.callback is adapter.on_cfg_denoiser]
+    assert len(ours) == 1
+
+
+def test_textual_inversion_subject_covers_every_vector(host):
+    harness.register_embedding("my-dog", 3)
+    tokenize_line = host.cond_stage_model.tokenize_line
+    from lib_degu.hosts.common import subject_positions
+
+    positions = subject_positions(tokenize_line, "a photo of my-dog on grass", "a photo of a dog on grass", "my-dog")
+    chunks, _ = tokenize_line("a photo of my-dog on grass")
+    fix = chunks[0].fixes[0]
+    assert set(range(fix.offset + 1, fix.offset + 4)) <= set(positions)
+    processed = run({"enabled": True, "subject": "my-dog", "generic": "a dog"}, prompt="a photo of my-dog on grass")
+    _no_errors(processed)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "attention"
+
+
+def test_xyz_override_on_p_wins_over_ui_args(host):
+    p = harness.FakeProcessing(prompt="sks dog", steps=2)
+    p.degu_balance = -1.0
+    settings = degu_script.DeGuScript()._settings(p, tuple(_args(ON)))
+    assert settings.balance == -1.0 and settings.subject == "sks"
