@@ -1,0 +1,7 @@
+"""Test-wide settings."""
+
+import torch
+
+# Tiny models on a 2-core machine: one thread avoids oversubscription stalls (seen: 50x slower
+# when another process competes for the cores) and keeps float results reproducible.
+torch.set_num_threads(1)

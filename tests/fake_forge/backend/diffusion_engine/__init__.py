@@ -1,0 +1,1 @@
+"""Fake of Forge's backend/diffusion_engine (dfdcbab6)."""

@@ -1,0 +1,1 @@
+"""Fake of Forge's backend/nn (dfdcbab6)."""

@@ -1,0 +1,193 @@
+"""The Forge adapter and script inside the simulated Forge host (tests/fake_forge)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from lib_degu.settings import DeGuSettings
+from tests.a1111_support import SCRIPT_PATH, script_args
+from tests.fake_forge import harness
+
+PURGE = ("lib_degu.hosts.forge", "degu_forge_script")
+ON = {"enabled": True, "subject": "sks", "generic": "a"}
+FULL = {**ON, "mask_source": "full"}
+
+
+@pytest.fixture(autouse=True)
+def forge():
+    harness.install(also_purge=PURGE)
+    try:
+        spec = importlib.util.spec_from_file_location("degu_forge_script", SCRIPT_PATH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.HOST == "forge"
+        yield module
+    finally:
+        harness.uninstall()
+
+
+def _run(script_module, kind="sd15", degu=None, host=None, **kwargs):
+    host = host or harness.make_host(kind)
+    kwargs.setdefault("prompt", "a photo of sks dog on a beach")
+    p = host.processing(**kwargs)
+    scripts = [] if degu is None else [(script_module.DeGuScript(), script_args(**degu))]
+    processed = host.run(p, *scripts)
+    processed.p = p
+    return torch.stack(list(processed.images)), processed
+
+
+def _no_errors(processed):
+    assert not [c for c in processed.p.comments if "error" in c.lower() or "could not" in c.lower()]
+
+
+def test_disabled_is_bit_identical(forge):
+    plain, _ = _run(forge)
+    off, _ = _run(forge, degu={"enabled": False, "subject": "sks"})
+    assert torch.equal(off, plain)
+
+
+def test_full_mask_unit_scales_equals_forge_standard_result(forge):
+    plain, _ = _run(forge)
+    out, processed = _run(forge, degu=FULL)
+    _no_errors(processed)
+    assert torch.allclose(out, plain, atol=1e-5)
+
+
+def test_generic_rows_in_the_single_model_call(forge):
+    host = harness.make_host("sd15")
+    rows: list[int] = []
+    handle = host.sd_model.forge_objects.unet.model.diffusion_model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append((args[0] if args else kwargs["sample"]).shape[0]), with_kwargs=True
+    )
+    try:
+        _run(forge, degu={**ON, "context_scale": 1.5}, host=host, batch_size=2)
+    finally:
+        handle.remove()
+    assert rows and all(r == 6 for r in rows)  # uncond, generic and prompt rows of 2 images in one call
+
+
+@pytest.mark.parametrize("source", ["attention", "difference"])
+def test_degu_changes_the_image(forge, source):
+    plain, _ = _run(forge)
+    out, processed = _run(forge, degu={**ON, "mask_source": source, "context_scale": 2.0})
+    _no_errors(processed)
+    assert not torch.allclose(out, plain, atol=1e-3)
+
+
+def test_balance_minus_one_equals_cfg_on_the_generic_prompt(forge):
+    generic, _ = _run(forge, prompt="a photo of a dog on a beach")
+    out, _ = _run(forge, degu={**ON, "balance": -1.0, "mask_source": "difference"})
+    assert torch.allclose(out, generic, atol=1e-4)
+
+
+def test_no_uncond_path_cfg_one_and_flux(forge):
+    plain, _ = _run(forge, cfg_scale=1.0)
+    assert torch.allclose(_run(forge, degu=FULL, cfg_scale=1.0)[0], plain, atol=1e-5)
+    changed, processed = _run(forge, degu={**ON, "balance": -1.0, "mask_source": "difference"}, cfg_scale=1.0)
+    generic, _ = _run(forge, prompt="a photo of a dog on a beach", cfg_scale=1.0)
+    assert torch.allclose(changed, generic, atol=1e-4)
+    flux_plain, _ = _run(forge, kind="flux")
+    flux_full, _ = _run(forge, kind="flux", degu=FULL)
+    assert torch.allclose(flux_full, flux_plain, atol=1e-5)
+    flux, processed = _run(forge, kind="flux", degu={**ON, "context_scale": 1.0, "identity_scale": 0.5})
+    _no_errors(processed)
+    assert not torch.allclose(flux, flux_plain, atol=1e-4)
+    assert any("attention mask unavailable" in c for c in processed.p.comments)
+
+
+def test_another_extensions_post_cfg_function_still_applies(forge):
+    from modules import scripts
+
+    class Other(scripts.Script):
+        def title(self):
+            return "other"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            unet = p.sd_model.forge_objects.unet.clone()
+            unet.set_model_sampler_post_cfg_function(lambda a: a["denoised"] * 0.5)
+            p.sd_model.forge_objects.unet = unet
+
+    host = harness.make_host("sd15")
+    halved = host.run(host.processing(prompt="a photo of sks dog"), Other())
+    p = host.processing(prompt="a photo of sks dog")
+    both = host.run(p, Other(), (forge.DeGuScript(), script_args(**FULL)))
+    assert torch.allclose(torch.stack(list(both.images)), torch.stack(list(halved.images)), atol=1e-5)
+
+
+def test_nothing_left_on_the_shared_unet(forge):
+    host = harness.make_host("sd15")
+    original = host.unet
+    options_before = repr(sorted(original.model_options))
+    model = original.model.diffusion_model
+    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    _run(forge, degu={**ON, "mask_source": "attention"}, host=host)
+    _run(forge, degu={**ON}, host=host, enable_hr=True, hr_scale=2.0, hr_cfg=7.0)
+    assert repr(sorted(original.model_options)) == options_before
+    assert "conditioning_modifiers" not in original.model_options
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
+
+
+def test_hires_with_its_own_cfg_and_idempotent_setup(forge):
+    plain, _ = _run(forge, enable_hr=True, hr_scale=2.0, hr_cfg=1.0)
+    out, processed = _run(forge, degu={**ON, "context_scale": 1.5}, enable_hr=True, hr_scale=2.0, hr_cfg=1.0)
+    _no_errors(processed)
+    assert out.shape == plain.shape and out.shape[-1] == 16
+    assert not torch.allclose(out, plain, atol=1e-3)
+    full, _ = _run(forge, degu=FULL, enable_hr=True, hr_scale=2.0, hr_cfg=1.0)
+    assert torch.allclose(full, plain, atol=1e-5)
+
+
+def test_batch_of_two_different_prompts(forge):
+    prompts = ["a photo of sks dog", "a photo of a cat"]
+    plain, _ = _run(forge, prompt=prompts, batch_size=2)
+    out, processed = _run(forge, degu={**ON, "context_scale": 2.0}, prompt=prompts, batch_size=2)
+    assert not torch.allclose(out[0], plain[0], atol=1e-3)
+    assert torch.allclose(out[1], plain[1], atol=1e-5)
+    assert any("image(s) 2" in c for c in processed.p.comments)
+
+
+def test_and_prompt_steps_aside_with_a_message(forge):
+    plain, _ = _run(forge, prompt="sks dog AND a beach")
+    out, processed = _run(forge, degu=ON, prompt="sks dog AND a beach")
+    assert torch.equal(out, plain)
+    assert any("AND prompts" in c for c in processed.p.comments)
+
+
+def test_memory_estimate_counts_the_larger_batch(forge):
+    from backend.sampling import sampling_function
+
+    _run(forge, degu=ON)
+    with_degu = sampling_function.LAST_MEMORY_ESTIMATE
+    _run(forge)
+    without = sampling_function.LAST_MEMORY_ESTIMATE
+    assert with_degu > without
+
+
+def test_split_batches_still_find_the_generic_rows(forge):
+    from backend.sampling import sampling_function
+
+    settings = {**ON, "context_scale": 1.5, "mask_source": "attention"}
+    batched, _ = _run(forge, degu=settings)
+    host = harness.make_host("sd15")
+    sampling_function.FREE_MEMORY = 1  # every entry in its own call
+    rows: list[int] = []
+    handle = host.unet.model.diffusion_model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append((args[0] if args else kwargs["sample"]).shape[0]), with_kwargs=True
+    )
+    try:
+        split, processed = _run(forge, degu=settings, host=host)
+    finally:
+        handle.remove()
+    assert rows and max(rows) == 1  # really split: one row per call
+    _no_errors(processed)
+    assert torch.allclose(split, batched, atol=1e-4)
+
+
+def test_settings_names_match_script_args():
+    assert len(script_args(**ON)) == len(DeGuSettings.names())
