@@ -38,6 +38,8 @@ class Guide:
     last_mask: torch.Tensor | None = None
     sources_used: set[str] = field(default_factory=set)
     nonfinite_steps: torch.Tensor | None = None  # device counter, read once at the end
+    attention_share_sum: torch.Tensor | None = None  # per image, summed over steps (device)
+    attention_share_steps: int = 0
 
     def make_mask(
         self, s: torch.Tensor, g: torch.Tensor, attention: torch.Tensor | None
@@ -50,8 +52,20 @@ class Guide:
             return mask.apply_balance(full, self.settings.balance), source
         if source == "attention" and attention is None:
             source = "difference"
+        if source == "attention":
+            # Mean over pixels of the attention mass on the subject tokens: the share of the image's
+            # cross-attention the subject took at this step.
+            share = attention.flatten(1).mean(dim=1)
+            self.attention_share_sum = share if self.attention_share_sum is None else self.attention_share_sum + share
+            self.attention_share_steps += 1
         raw = attention if source == "attention" else mask.difference_map(s, g)
         return mask.refine(raw, size, self.settings.mask_params, self.mask_state), source
+
+    def attention_share(self) -> list[float] | None:
+        """Per image, the subject's share of cross-attention averaged over steps (one host sync)."""
+        if self.attention_share_sum is None or not self.attention_share_steps:
+            return None
+        return (self.attention_share_sum / self.attention_share_steps).tolist()
 
     def __call__(
         self,

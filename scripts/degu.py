@@ -55,19 +55,18 @@ class DeGuScript(scripts.Script):
     def ui(self, is_img2img: bool) -> list[Any]:
         from modules.ui_components import InputAccordion
 
-        defaults = DeGuSettings()
         components: dict[str, Any] = {}
         with InputAccordion(False, label="DeGu — Decoupled Guidance", elem_id=self.elem_id("enabled")) as enabled:
             components["enabled"] = enabled
             with gr.Row():
                 for name in ("subject", "generic"):
-                    components[name] = _component(name, getattr(defaults, name), self.elem_id(name))
+                    components[name] = _component(name, _ui_default(name), self.elem_id(name))
             for name in ("identity_scale", "context_scale", "balance", "mask_source"):
-                components[name] = _component(name, getattr(defaults, name), self.elem_id(name))
+                components[name] = _component(name, _ui_default(name), self.elem_id(name))
             with gr.Accordion("Advanced", open=False):
                 for name in ADVANCED:
-                    components[name] = _component(name, getattr(defaults, name), self.elem_id(name))
-            components["show_mask"] = _component("show_mask", defaults.show_mask, self.elem_id("show_mask"))
+                    components[name] = _component(name, _ui_default(name), self.elem_id(name))
+            components["show_mask"] = _component("show_mask", _ui_default("show_mask"), self.elem_id("show_mask"))
 
         ordered = [components[name] for name in DeGuSettings.names()]
         self.infotext_fields = [
@@ -105,9 +104,16 @@ class DeGuScript(scripts.Script):
 
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         generation = getattr(p, "_degu", None)
-        if generation is not None and generation.sources:
-            p.extra_generation_params["DeGu mask used"] = ", ".join(sorted(generation.sources))
         p._degu = None
+        if generation is None:
+            return
+        if generation.sources:
+            p.extra_generation_params["DeGu mask used"] = ", ".join(sorted(generation.sources))
+        if generation.settings.show_mask:
+            try:
+                add_mask_previews(p, processed, generation)
+            except Exception as error:  # a preview must never cost the user the generation
+                print(f"[DeGu] could not draw the mask preview: {error!r}")
 
     def _settings(self, p: Any, args: tuple[Any, ...]) -> DeGuSettings | None:
         """UI/API args, then per-cell X/Y/Z overrides set on ``p`` as ``degu_<field>``."""
@@ -121,6 +127,34 @@ class DeGuScript(scripts.Script):
             if hasattr(p, "comment"):
                 p.comment(f"{error}; made without DeGu.")
             return None
+
+
+def add_mask_previews(p: Any, processed: Any, generation: Any) -> None:
+    """Append, per guided image, its final mask as a heat map over the image to the gallery.
+
+    Previews are only appended to ``processed.images`` (shown in the gallery, returned by the API
+    only because the user asked for them with show_mask); they are never saved to disk.
+    """
+    import numpy
+    import torch
+    from PIL import Image, ImageDraw
+
+    from lib_degu.preview import heat_overlay
+
+    first = getattr(processed, "index_of_first_image", 0)
+    batch = getattr(p, "batch_size", 1)
+    for iteration, image, mask, share in generation.previews():
+        index = first + iteration * batch + image
+        if index >= len(processed.images) or not isinstance(processed.images[index], Image.Image):
+            continue
+        source = processed.images[index].convert("RGB")
+        pixels = torch.from_numpy(numpy.asarray(source).copy())
+        overlay = Image.fromarray(heat_overlay(pixels, mask).numpy())
+        caption = "DeGu mask" + (f", subject attention {share:.1%}" if share is not None else "")
+        ImageDraw.Draw(overlay).text((2, 2), caption, fill=(255, 255, 255))
+        processed.images.append(overlay)
+        if hasattr(processed, "infotexts") and index < len(processed.infotexts):
+            processed.infotexts.append(f"{caption}\n{processed.infotexts[index]}")
 
 
 def _paste_reader(name: str) -> Any:
@@ -180,4 +214,37 @@ def _apply_bool(attribute: str) -> Any:
     return apply
 
 
+def on_ui_settings() -> None:
+    """Settings page section: the defaults the accordion starts with."""
+    from modules import shared
+
+    section = ("degu", "DeGu")
+    for name in ("identity_scale", "context_scale", "mask_source", "show_mask"):
+        spec = DeGuSettings.spec(name)
+        default = getattr(DeGuSettings(), name)
+        if spec.choices is not None:
+            info = shared.OptionInfo(default, spec.label, gr.Radio, {"choices": list(spec.choices)}, section=section)
+        elif spec.minimum is not None:
+            args = {"minimum": spec.minimum, "maximum": spec.maximum, "step": spec.step}
+            info = shared.OptionInfo(default, spec.label, gr.Slider, args, section=section)
+        else:
+            info = shared.OptionInfo(default, spec.label, gr.Checkbox, section=section)
+        shared.opts.add_option(f"degu_default_{name}", info)
+
+
+def _ui_default(name: str) -> Any:
+    """The accordion's starting value: the user's setting if the settings page has one."""
+    try:
+        from modules import shared
+
+        value = getattr(shared.opts, f"degu_default_{name}", None)
+        if value is not None:
+            DeGuSettings.from_dict({name: value})  # only a valid value becomes the default
+            return value
+    except Exception:
+        pass
+    return getattr(DeGuSettings(), name)
+
+
 script_callbacks.on_before_ui(register_xyz_axes)
+script_callbacks.on_ui_settings(on_ui_settings)

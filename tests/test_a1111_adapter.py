@@ -201,3 +201,30 @@ def test_xyz_override_on_p_wins_over_ui_args(host):
     p.degu_balance = -1.0
     settings = degu_script.DeGuScript()._settings(p, tuple(_args(ON)))
     assert settings.balance == -1.0 and settings.subject == "sks"
+
+
+def test_show_mask_appends_one_preview_per_guided_image(host):
+    from PIL import Image
+
+    from lib_degu.hosts.common import Generation
+    from lib_degu.settings import DeGuSettings
+    from lib_degu.step import Guide
+
+    # A real run records the guide of each batch iteration's last pass.
+    processed = run({**ON, "show_mask": True}, prompt=["a cat", "sks dog"], batch_size=2)
+    assert processed.latents.shape[0] == 2
+
+    class Processed:  # the fake host's images are latents: stand-in PIL images for the gallery
+        images = [Image.new("RGB", (64, 64), (90, 90, 90)) for _ in range(2)]
+        infotexts = ["one", "two"]
+        index_of_first_image = 0
+
+    generation = Generation(DeGuSettings(**ON, show_mask=True))
+    guide = Guide(generation.settings)
+    guide.last_mask = torch.ones(1, 1, 8, 8)
+    p = harness.FakeProcessing(prompt="x", batch_size=2)
+    generation.remember(p, [1], guide)  # only image 2 was guided
+    target = Processed()
+    degu_script.add_mask_previews(p, target, generation)
+    assert len(target.images) == 3 and target.infotexts[2].startswith("DeGu mask\ntwo")
+    assert target.images[2].getpixel((40, 40))[0] > 150  # mask 1: red

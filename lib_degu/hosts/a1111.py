@@ -157,6 +157,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     )
     if settings.mask_source == "attention":
         state.capture = _make_capture(p, generation, positions)
+    generation.remember(p, active, state.guide)
     _patch_sampler(p.sampler, state)
     return state
 

@@ -20,6 +20,8 @@ class Generation:
     notes: list[str] = field(default_factory=list)
     caches: dict[str, list] = field(default_factory=dict)
     sources: set[str] = field(default_factory=set)
+    # Per batch iteration: the active images and the guide of its last pass (hires replaces first).
+    guides: dict[int, tuple[list[int], Any]] = field(default_factory=dict)
 
     def note(self, p: Any, message: str) -> None:
         """Tell the user once: in the console and in the comments shown under the result."""
@@ -29,6 +31,21 @@ class Generation:
         print(f"[DeGu] {message}")
         if hasattr(p, "comment"):
             p.comment(message)
+
+    def remember(self, p: Any, active_images: list[int], guide: Any) -> None:
+        self.guides[int(getattr(p, "iteration", 0) or 0)] = (list(active_images), guide)
+
+    def previews(self) -> list[tuple[int, int, Any, float | None]]:
+        """(iteration, image in batch, final mask (h, w) on the CPU, subject attention share)."""
+        out = []
+        for iteration, (images, guide) in sorted(self.guides.items()):
+            if guide.last_mask is None:
+                continue
+            masks = guide.last_mask[:, 0].float().cpu()
+            shares = guide.attention_share()
+            for k, image in enumerate(images):
+                out.append((iteration, image, masks[k], shares[k] if shares else None))
+        return out
 
     def cache(self, p: Any) -> list:
         """DeGu's own ``[params, result]`` cache per pass kind; the host's class-level one is shared."""

@@ -152,6 +152,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     if generation.settings.mask_source == "attention":
         state.capture = _make_capture(p, generation, base_unet, positions)
 
+    generation.remember(p, active, state.guide)
     clone = base_unet.clone()
     _install(clone, state)
     setattr(clone, PATCHER_ATTR, state)
