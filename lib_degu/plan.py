@@ -49,4 +49,9 @@ def check_settings(settings: DeGuSettings) -> str | None:
     generic_words = settings.generic.lower().split()
     if settings.subject.lower().split() == generic_words:
         return "DeGu: the generic word equals the subject; both streams would be the same, DeGu is off."
+    if find_subject(settings.generic, settings.subject):
+        return (
+            f"DeGu: the generic word '{settings.generic}' contains the subject '{settings.subject}'; "
+            "the context prompt would still name the subject, DeGu is off."
+        )
     return None

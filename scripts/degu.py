@@ -107,6 +107,7 @@ class DeGuScript(scripts.Script):
         p._degu = None
         if generation is None:
             return
+        generation.finish(p)
         if generation.sources:
             p.extra_generation_params["DeGu mask used"] = ", ".join(sorted(generation.sources))
         if generation.settings.show_mask:

@@ -222,15 +222,6 @@ def unpatch_sampler(sampler: Any) -> None:
         if name in state.replaced:
             setattr(owner, name, state.replaced[name])
     delattr(denoiser, PASS_ATTR)
-    _report_nonfinite(state)
-
-
-def _report_nonfinite(state: Pass) -> None:
-    count = state.guide.nonfinite_steps
-    if count is not None and int(count) > 0:  # one host sync, after sampling
-        state.generation.note(
-            state.p, f"DeGu: non-finite values in {int(count)} image-step(s); the host's own result was used there."
-        )
 
 
 # -- per step ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class Generation:
     sources: set[str] = field(default_factory=set)
     # Per batch iteration: the active images and the guide of its last pass (hires replaces first).
     guides: dict[int, tuple[list[int], Any]] = field(default_factory=dict)
+    all_guides: list[Any] = field(default_factory=list)
 
     def note(self, p: Any, message: str) -> None:
         """Tell the user once: in the console and in the comments shown under the result."""
@@ -34,6 +35,15 @@ class Generation:
 
     def remember(self, p: Any, active_images: list[int], guide: Any) -> None:
         self.guides[int(getattr(p, "iteration", 0) or 0)] = (list(active_images), guide)
+        self.all_guides.append(guide)
+
+    def finish(self, p: Any) -> None:
+        """End of the generation: report what needs the device's counters (one sync, after sampling)."""
+        bad = sum(int(g.nonfinite_steps) for g in self.all_guides if g.nonfinite_steps is not None)
+        if bad:
+            self.note(p, f"DeGu: non-finite values in {bad} image-step(s); the WebUI's own result was used there.")
+        for guide in self.all_guides:
+            self.sources |= guide.sources_used
 
     def previews(self) -> list[tuple[int, int, Any, float | None]]:
         """(iteration, image in batch, final mask (h, w) on the CPU, subject attention share)."""
