@@ -191,3 +191,63 @@ def test_split_batches_still_find_the_generic_rows(forge):
 
 def test_settings_names_match_script_args():
     assert len(script_args(**ON)) == len(DeGuSettings.names())
+
+
+def test_a_sampler_cfg_function_still_applies(forge):
+    """A dynamic-thresholding-like cfg function: DeGu adds its difference on top of its result."""
+    from modules import scripts
+
+    class Thresholding(scripts.Script):
+        def title(self):
+            return "cfg function"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            unet = p.sd_model.forge_objects.unet.clone()
+            unet.set_model_sampler_cfg_function(lambda a: a["uncond"] + (a["cond"] - a["uncond"]) * 3.0)
+            p.sd_model.forge_objects.unet = unet
+
+    host = harness.make_host("sd15")
+    alone = host.run(host.processing(prompt="a photo of sks dog"), Thresholding())
+    p = host.processing(prompt="a photo of sks dog")
+    both = host.run(p, Thresholding(), (forge.DeGuScript(), script_args(**FULL)))
+    assert torch.allclose(torch.stack(list(both.images)), torch.stack(list(alone.images)), atol=1e-5)
+
+
+def test_soak_forge(forge, request):
+    import random
+
+    rng = random.Random(11)
+    host = harness.make_host("sd15")
+    model = host.unet.model.diffusion_model
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    options = repr(sorted(host.unet.model_options))
+    for _ in range(300 if request.config.getoption("--soak-long") else 100):
+        degu = None
+        if rng.random() < 0.85:
+            degu = {
+                **ON,
+                "enabled": rng.random() < 0.9,
+                "mask_source": rng.choice(["attention", "difference", "full"]),
+                "balance": rng.uniform(-1, 1),
+                "context_scale": rng.uniform(0, 3),
+                "end": rng.choice([0.5, 1.0]),
+            }
+        batch = rng.choice([1, 2])
+        out, processed = _run(
+            forge,
+            degu=degu,
+            host=host,
+            prompt=[rng.choice(["sks dog", "a cat", "sks on sand"]) for _ in range(batch)],
+            batch_size=batch,
+            cfg_scale=rng.choice([1.0, 7.0]),
+            width=rng.choice([48, 64]),
+            enable_hr=rng.random() < 0.2,
+            hr_cfg=rng.choice([1.0, 5.0]),
+        )
+        assert torch.isfinite(out).all()
+        assert not [c for c in processed.p.comments if "error" in c.lower()]
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
+    assert repr(sorted(host.unet.model_options)) == options
