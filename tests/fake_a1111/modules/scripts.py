@@ -4,6 +4,7 @@ try/except with ``errors.report`` (a script's error never aborts generation). No
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
 from modules import errors
@@ -163,3 +164,9 @@ class ScriptRunner:
 
     def before_hr(self, p):
         self._run("before_hr", p)
+
+
+# mirrors modules/scripts.py: scripts_data / ScriptClassData (1.10.1) - what extensions scan to find
+# another script's module (the X/Y/Z plot's xyz_grid.py).
+ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
+scripts_data: list = []

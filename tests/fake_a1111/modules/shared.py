@@ -31,11 +31,27 @@ OPTION_DEFAULTS: dict[str, Any] = {
 }
 
 
+class OptionInfo:
+    """mirrors modules/options.py: OptionInfo (1.10.1) - the fields a settings page entry carries."""
+
+    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
+                 refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
+                 category_id=None) -> None:
+        self.default, self.label, self.component, self.component_args = default, label, component, component_args
+        self.onchange, self.section, self.infotext, self.category_id = onchange, section, infotext, category_id
+
+
 class Options:
     """mirrors modules/options.py: Options (1.10.1) - attribute access only, plus ``data``."""
 
     def __init__(self) -> None:
         self.__dict__["data"] = dict(OPTION_DEFAULTS)
+        self.__dict__["data_labels"] = {}
+
+    def add_option(self, key: str, info: OptionInfo) -> None:
+        """mirrors Options.add_option: register the entry; its default applies unless a value is set."""
+        self.__dict__["data_labels"][key] = info
+        self.__dict__["data"].setdefault(key, info.default)
 
     def __getattr__(self, name: str) -> Any:
         data = self.__dict__["data"]
