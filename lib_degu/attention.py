@@ -213,10 +213,16 @@ class AttentionCapture:
         probs = torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)  # rows, heads, px, T
         indicator = _fit_tokens(weights.index_select(0, call.images.to(weights.device)), tokens)
         mass = (probs @ indicator.to(probs.device)[:, None, :, None]).mean(dim=1)[..., 0]  # rows, px
-        height, width = call.latent_hw
         factor = downsample_factor(call.latent_hw, pixels)
         assert factor is not None
-        layer_map = mass.view(rows, math.ceil(height / factor), math.ceil(width / factor))
+        self._fold(mass, factor)
+
+    def _fold(self, mass: torch.Tensor, factor: int) -> None:
+        """Add one layer's (rows, pixels) map, at 1/factor of the latent size, into the step's buffer."""
+        call = self._call
+        assert call is not None
+        height, width = call.latent_hw
+        layer_map = mass.view(mass.shape[0], math.ceil(height / factor), math.ceil(width / factor))
         layer_map = resize(layer_map, (height, width))
         if self._sum is None or self._sum.shape[-2:] != layer_map.shape[-2:]:
             self._sum = layer_map.new_zeros((len(self._subject_rows), height, width))
@@ -231,3 +237,72 @@ def _fit_tokens(weights: torch.Tensor, tokens: int) -> torch.Tensor:
     if weights.shape[1] >= tokens:
         return weights[:, :tokens]
     return torch.nn.functional.pad(weights, (0, tokens - weights.shape[1]))
+
+
+class JointAttentionCapture(AttentionCapture):
+    """The same map for joint-attention DiTs (Flux) whose blocks call a module-level
+    ``attention(q, k, v, pe=...)`` with q/k/v (B, heads, L, D), text tokens first, then the image's
+    2x2 patches (row-major).
+
+    Exact and cheap, without the attention matrix: the kernel runs once more on the subject rows
+    with values that are 1 at the subject's text keys (channel 0) and 0 elsewhere; its output at
+    each image token is that token's attention mass on the subject. The module attribute is
+    patched only inside ``call(...)``, one model call, and restored in ``finally``.
+    """
+
+    def __init__(self, module: Any, *, attribute: str = "attention", patch_size: int = 2) -> None:
+        super().__init__(nn.Module(), downsample_factors=None)
+        self.module, self.attribute, self.patch_size = module, attribute, patch_size
+        self._text_tokens = 0
+
+    def __enter__(self) -> JointAttentionCapture:
+        return self
+
+    def call(self, pairs: Sequence[tuple[int, int]], text_tokens: int, latent_hw: tuple[int, int], run: Any) -> Any:
+        """Run ``run()`` (one model call) with the kernel wrapped for the given (row, image) pairs."""
+        if self._weights is None or not pairs:
+            return run()
+        device = self._weights.device
+        self._call = _Call(
+            local_rows=torch.tensor([row for row, _ in pairs], device=device),
+            images=torch.tensor([image for _, image in pairs], device=device),
+            images_list=[image for _, image in pairs],
+            latent_hw=latent_hw,
+        )
+        self._text_tokens = text_tokens
+        original = getattr(self.module, self.attribute)
+
+        def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            out = original(q, k, v, *args, **kwargs)
+            self._measure(original, q, k, v, args, kwargs)
+            return out
+
+        setattr(self.module, self.attribute, attention)
+        try:
+            return run()
+        finally:
+            setattr(self.module, self.attribute, original)
+            self._call = None
+
+    @torch.no_grad()
+    def _measure(self, kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: Any, kwargs: Any) -> None:
+        call, weights = self._call, self._weights
+        assert call is not None and weights is not None
+        rows = call.local_rows.to(q.device)
+        text = self._text_tokens
+        batch, heads, length, _ = q.shape
+        values = torch.zeros_like(v.index_select(0, rows))
+        indicator = _fit_tokens(weights.index_select(0, call.images.to(weights.device)), text).to(values)
+        values[:, :, :text, 0] = indicator[:, None, :]
+        sliced = {key: _rows_of(value, rows, batch) for key, value in kwargs.items()}
+        positional = [_rows_of(a, rows, batch) for a in args]
+        out = kernel(q.index_select(0, rows), k.index_select(0, rows), values, *positional, **sliced)
+        mass = out.float().view(len(rows), length, heads, -1)[..., 0].mean(dim=2)[:, text:]
+        self._fold(mass, self.patch_size)
+
+
+def _rows_of(value: Any, rows: torch.Tensor, batch: int) -> Any:
+    """Per-row tensors (rope ``pe`` with a batch dim) follow the selected rows; shared ones stay."""
+    if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch and batch > 1:
+        return value.index_select(0, rows.to(value.device))
+    return value

@@ -21,11 +21,14 @@ def differing_positions(subject_tokens: Sequence[int], generic_tokens: Sequence[
     return [i for i in range(len(subject_tokens)) if i not in shared]
 
 
-def flatten_chunks(chunks: Sequence[Sequence[int]], chunk_length: int = 77) -> list[int]:
-    """Concatenate fixed-length chunks; position ``chunk * chunk_length + j`` is the model's key index."""
+def flatten_chunks(chunks: Sequence[Sequence[int]], chunk_length: int | None = 77) -> list[int]:
+    """Concatenate chunks; position ``chunk * chunk_length + j`` is the model's key index.
+
+    ``chunk_length=None`` accepts chunks of any length (T5 engines: one padded chunk, no BOS).
+    """
     flat: list[int] = []
     for chunk in chunks:
-        if len(chunk) != chunk_length:
+        if chunk_length is not None and len(chunk) != chunk_length:
             raise ValueError(f"chunk of {len(chunk)} tokens, expected {chunk_length}")
         flat.extend(chunk)
     return flat

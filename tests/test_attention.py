@@ -198,3 +198,39 @@ def test_capture_never_materialises_pixel_by_pixel_attention(unet):
         assert largest[side, True] < pixels * pixels  # one (HW)^2 matrix would already be larger
     # Four times the pixels: the capture's largest tensor grows four times, not sixteen.
     assert largest[64, True] <= 4 * largest[32, True]
+
+
+def test_joint_attention_indicator_trick_equals_explicit_softmax():
+    """Flux layout: text tokens first, then 2x2 patches; the map is the mass on the subject's text keys."""
+    import types
+
+    from lib_degu.attention import JointAttentionCapture
+
+    def attention(q, k, v, pe=None):  # (B, H, L, D) -> (B, L, H*D), like backend/nn/flux.py
+        out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+    module = types.SimpleNamespace(attention=attention)
+    gen = torch.Generator().manual_seed(0)
+    batch, heads, text, dim = 3, 2, 6, 4
+    height, width = 6, 10  # latent; 3x5 patches
+    length = text + (height // 2) * (width // 2)
+    blocks = [[torch.randn(batch, heads, length, dim, generator=gen) for _ in range(3)] for _ in range(2)]
+    positions = [[1, 2], [4]]
+    capture = JointAttentionCapture(module)
+    capture.begin_step([0, 1], token_indicator(positions, text))
+
+    def model():
+        return [module.attention(q, k, v, pe=None) for q, k, v in blocks]
+
+    outputs = capture.call([(2, 0), (0, 1)], text, (height, width), model)  # rows 2 and 0 are the images
+    assert module.attention is attention  # restored
+    got = capture.take()
+    assert torch.allclose(outputs[0], attention(*blocks[0]))  # the model's own output is untouched
+    expected = torch.zeros(2, height, width)
+    for q, k, _ in blocks:
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim), dim=-1)  # B, H, L, L
+        for image, row in enumerate([2, 0]):
+            mass = probs[row][:, text:, positions[image]].sum(-1).mean(0)  # image tokens
+            expected[image] += resize(mass.view(1, height // 2, width // 2), (height, width))[0]
+    assert torch.allclose(got, expected / len(blocks), atol=1e-5)

@@ -95,7 +95,10 @@ def test_no_uncond_path_cfg_one_and_flux(forge):
     flux, processed = _run(forge, kind="flux", degu={**ON, "context_scale": 1.0, "identity_scale": 0.5})
     _no_errors(processed)
     assert not torch.allclose(flux, flux_plain, atol=1e-4)
-    assert any("attention mask unavailable" in c for c in processed.p.comments)
+    # Flux: the joint-attention map (indicator-value trick) is the mask that ran.
+    assert processed.p.extra_generation_params.get("DeGu mask used") == "attention"
+    flux_difference, _ = _run(forge, kind="flux", degu={**ON, "identity_scale": 0.5, "mask_source": "difference"})
+    assert not torch.allclose(flux, flux_difference, atol=1e-5)
 
 
 def test_another_extensions_post_cfg_function_still_applies(forge):

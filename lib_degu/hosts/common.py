@@ -86,7 +86,7 @@ def subject_positions(
     text: str,
     generic: str,
     subject: str,
-    chunk_length: int = 77,
+    chunk_length: int | None = 77,
 ) -> list[int]:
     """Key positions of the subject in ``text``'s conditioning: the tokens the generic text lacks,
     plus every vector slot of a Textual Inversion embedding named like the subject."""
@@ -100,7 +100,7 @@ def subject_positions(
     )
     for index, chunk in enumerate(chunks):
         for fix in getattr(chunk, "fixes", None) or []:
-            if getattr(fix.embedding, "name", "").lower() == subject.strip().lower():
+            if chunk_length is not None and getattr(fix.embedding, "name", "").lower() == subject.strip().lower():
                 first = index * chunk_length + fix.offset + 1
                 positions.update(range(first, first + int(fix.embedding.vectors)))
     return sorted(positions)

@@ -22,7 +22,7 @@ from backend.sampling import sampling_function as forge_sampling
 from backend.sampling.condition import Condition, ConditionCrossAttn, repeat_to_batch_size
 from modules import prompt_parser, shared
 
-from lib_degu.attention import AttentionCapture, find_cross_attention, token_indicator
+from lib_degu.attention import AttentionCapture, JointAttentionCapture, find_cross_attention, token_indicator
 from lib_degu.hosts.common import Generation, plan_prompts, subject_positions
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
@@ -76,12 +76,20 @@ def start_generation(p: Any, settings: DeGuSettings) -> Generation | None:
     return generation
 
 
-def _tokenize_line(model: Any) -> Any:
-    """The CLIP engine whose 77-token chunks are the UNet's keys (SD1/SD2; SDXL's L and G align)."""
+def _text_keys(model: Any) -> tuple[Any, int | None] | None:
+    """The engine whose tokens are the model's text keys, and its chunk length.
+
+    SD1/SD2/SDXL: CLIP chunks of 77 (SDXL's L and G align). Flux: T5 only (no BOS, one padded chunk).
+    SD3.5 (CLIP-L/G then T5, joined) is left to the difference mask.
+    """
+    if hasattr(model, "text_processing_engine_t5"):
+        if hasattr(model, "text_processing_engine_g"):
+            return None
+        return model.text_processing_engine_t5.tokenize_line, None
     for name in ("text_processing_engine", "text_processing_engine_l"):
         engine = getattr(model, name, None)
-        if engine is not None and not hasattr(model, "text_processing_engine_t5"):
-            return engine.tokenize_line
+        if engine is not None:
+            return engine.tokenize_line, 77
     return None
 
 
@@ -132,10 +140,10 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     # Every image needs a row in the generic entry; images without the subject repeat their prompt
     # (their difference is never applied).
     texts = [plan.parts[0].generic if plan.active else plan.parts[0].text for plan in plans]
-    tokenize_line = _tokenize_line(shared.sd_model)
+    keys = _text_keys(shared.sd_model)
     positions = [
-        subject_positions(tokenize_line, plans[i].parts[0].text, texts[i], generation.settings.subject)
-        if tokenize_line
+        subject_positions(keys[0], plans[i].parts[0].text, texts[i], generation.settings.subject, keys[1])
+        if keys
         else []
         for i in active
     ]
@@ -162,13 +170,26 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
 
 def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[list[int]]) -> AttentionCapture | None:
     diffusion_model = getattr(unet.model, "diffusion_model", None)
-    if diffusion_model is None or not find_cross_attention(diffusion_model):
-        reason = "this model has joint attention (Flux, SD3.5), not cross-attention"
-    elif not all(positions):
+    flux = _flux_module(diffusion_model)
+    if not all(positions):
         reason = "the subject's tokens could not be located"
-    else:
+    elif diffusion_model is not None and find_cross_attention(diffusion_model):
         return AttentionCapture(diffusion_model)
+    elif flux is not None:
+        return JointAttentionCapture(flux)
+    else:
+        reason = "this model's attention cannot be read (e.g. SD3.5)"
     generation.note(p, f"DeGu: attention mask unavailable ({reason}); using the difference mask.")
+    return None
+
+
+def _flux_module(diffusion_model: Any) -> Any:
+    """Forge's backend/nn/flux.py when the model is its Flux DiT (blocks call its ``attention``)."""
+    import sys
+
+    module = sys.modules.get(type(diffusion_model).__module__)
+    if module is not None and module.__name__ == "backend.nn.flux" and callable(getattr(module, "attention", None)):
+        return module
     return None
 
 
@@ -212,7 +233,12 @@ def _install(unet: Any, state: Pass) -> None:
         # The identity entry's rows are the images in order; only active images are captured.
         identity_rows = [row for row, role in enumerate(role_list) if role == IDENTITY]
         pairs = [(identity_rows[image], k) for k, image in enumerate(state.active_images) if identity_rows]
-        if state.capture is not None and pairs:
+        if isinstance(state.capture, JointAttentionCapture):
+            text_tokens = c["c_crossattn"].shape[1]
+            latent_hw = (int(args["input"].shape[-2]), int(args["input"].shape[-1]))
+            run_call = lambda: _call(previous_wrapper, apply_model, args)  # noqa: E731
+            output = state.capture.call(pairs, text_tokens, latent_hw, run_call)
+        elif state.capture is not None and pairs:
             state.capture.arm_call(pairs)
             with state.capture:  # hooks exist for this one call only, removed even if it raises
                 output = _call(previous_wrapper, apply_model, args)
