@@ -228,3 +228,57 @@ def test_show_mask_appends_one_preview_per_guided_image(host):
     degu_script.add_mask_previews(p, target, generation)
     assert len(target.images) == 3 and target.infotexts[2].startswith("DeGu mask\ntwo")
     assert target.images[2].getpixel((40, 40))[0] > 150  # mask 1: red
+
+
+def test_controlnet_marker_row_is_carried_onto_the_generic_rows(host):
+    """ControlNet prepends one marker token row to every prompt cond; DeGu's rows must match it."""
+
+    def mark(params):
+        if params.text_cond.shape[1] % 77 == 0:
+            marker = torch.full_like(params.text_cond[:, :1], 0.5)
+            params.text_cond = torch.cat([marker, params.text_cond], dim=1)
+            params.text_uncond = torch.cat([torch.full_like(params.text_uncond[:, :1], -0.5), params.text_uncond], 1)
+
+    # ControlNet's marking happens before DeGu sees the rows.
+    script_callbacks.remove_callbacks_for_function(adapter.on_cfg_denoiser)
+    script_callbacks.on_cfg_denoiser(mark, name="marker")
+    adapter.register_callbacks()
+    try:
+        plain = run(None).latents
+        processed = run(FULL)
+        _no_errors(processed)
+        assert torch.allclose(processed.latents, plain, atol=1e-4)
+        assert not torch.allclose(run({**ON, "context_scale": 2.0}).latents, plain, atol=1e-3)
+    finally:
+        script_callbacks.remove_callbacks_for_function(mark)
+
+
+def test_cond_scale_multiplier_of_cfgpp_samplers_is_respected(host):
+    from modules import scripts
+
+    class Multiplier(scripts.Script):
+        def title(self):
+            return "multiplier"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            p.sampler.model_wrap_cfg.cond_scale_miltiplier = 0.4
+
+    def generate(settings):
+        multiplier = Multiplier()
+        scripts_ = [multiplier]
+        args = []
+        if settings is not None:
+            script = degu_script.DeGuScript()
+            script.args_from, script.args_to = 0, 14
+            scripts_.append(script)
+            args = _args(settings)
+        multiplier.args_from = multiplier.args_to = len(args)
+        p = harness.FakeProcessing(prompt="a photo of sks dog", steps=3, scripts=scripts_, script_args=args)
+        return harness.txt2img(p).latents
+
+    plain = generate(None)
+    assert torch.allclose(generate(FULL), plain, atol=1e-4)
+    assert not torch.allclose(generate({**ON, "context_scale": 2.0}), plain, atol=1e-3)
