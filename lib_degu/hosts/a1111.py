@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from modules import prompt_parser, script_callbacks, shared
+from modules import prompt_parser, script_callbacks, sd_samplers, shared
 from modules.sd_samplers_cfg_denoiser import catenate_conds
 
 from lib_degu import guidance
 from lib_degu.attention import AttentionCapture, find_cross_attention, token_indicator
-from lib_degu.hosts.common import Generation, plan_prompts, subject_positions
+from lib_degu.hosts.common import Generation, and_parts, generic_conds, plan_prompts, subject_positions
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
 from lib_degu.step import Guide, is_active
@@ -84,37 +84,10 @@ def _tokenize_line(model: Any) -> Any:
     return None
 
 
-def _and_parts(prompt: str) -> list[tuple[str, float]]:
-    """The host's own AND split: (text, weight) per part, in the order of the cond rows."""
-    indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])
-    return [(flat[i], weight) for i, weight in indexes[0]]
-
-
-def _generic_conds(p: Any, generation: Generation, texts: list[str]) -> Any:
-    from modules import sd_samplers
-
-    hires = bool(getattr(p, "is_hr_pass", False))
-    width = p.hr_upscale_to_x if hires else p.width
-    height = p.hr_upscale_to_y if hires else p.height
-    hires_steps = None
-    if hires:
-        config = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
-        steps = p.hr_second_pass_steps or p.steps
-        hires_steps = config.total_steps(steps) if config else steps
-    return p.get_conds_with_caching(
-        prompt_parser.get_learned_conditioning,
-        prompt_parser.SdConditioning(texts, width=width, height=height),
-        p.firstpass_steps,
-        [generation.cache(p)],
-        p.hr_extra_network_data if hires else p.extra_network_data,
-        hires_steps,
-    )
-
-
 def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     """Plan the pass, compute generic conds and positions, patch this pass's sampler."""
     settings = generation.settings
-    plans = plan_prompts(p, generation, _and_parts)
+    plans = plan_prompts(p, generation, lambda prompt: and_parts(prompt_parser, prompt))
     cond_rows: list[list[int]] = []
     row = 0
     for plan in plans:
@@ -148,7 +121,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         plans=plans,
         active_images=active,
         cond_rows=cond_rows,
-        generic_conds=_generic_conds(p, generation, generic_texts),
+        generic_conds=generic_conds(p, generation, generic_texts, prompt_parser, sd_samplers),
         generic_rows=generic_rows,
         identity_rows=identity_rows,
         positions=positions,

@@ -104,3 +104,37 @@ def subject_positions(
                 first = index * chunk_length + fix.offset + 1
                 positions.update(range(first, first + int(fix.embedding.vectors)))
     return sorted(positions)
+
+
+def and_parts(prompt_parser: Any, prompt: str) -> list[tuple[str, float]]:
+    """The host's own AND split: (text, weight) per part, in the order of the cond rows."""
+    indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])
+    return [(flat[i], weight) for i, weight in indexes[0]]
+
+
+def generic_conds(
+    p: Any, generation: Generation, texts: list[str], prompt_parser: Any, sd_samplers: Any, **conditioning: Any
+) -> Any:
+    """The generic prompts' schedules, the way the host makes its own first-pass or hires conds
+    (``setup_conds`` / ``calculate_hr_conds``), through ``p.get_conds_with_caching`` and DeGu's cache.
+    Both hosts share these module interfaces; ``conditioning`` adds host-specific fields."""
+    hires = bool(getattr(p, "is_hr_pass", False))
+    hires_steps = None
+    if hires:
+        config = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
+        steps = p.hr_second_pass_steps or p.steps
+        hires_steps = config.total_steps(steps) if config else steps
+    prompts = prompt_parser.SdConditioning(
+        texts,
+        width=p.hr_upscale_to_x if hires else p.width,
+        height=p.hr_upscale_to_y if hires else p.height,
+        **conditioning,
+    )
+    return p.get_conds_with_caching(
+        prompt_parser.get_learned_conditioning,
+        prompts,
+        p.firstpass_steps,
+        [generation.cache(p)],
+        p.hr_extra_network_data if hires else p.extra_network_data,
+        hires_steps,
+    )

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from backend.sampling import sampling_function as forge_sampling
 from backend.sampling.condition import Condition, ConditionCrossAttn, repeat_to_batch_size
-from modules import prompt_parser, shared
+from modules import prompt_parser, sd_samplers, shared
 
 from lib_degu.attention import AttentionCapture, JointAttentionCapture, find_cross_attention, token_indicator
-from lib_degu.hosts.common import Generation, plan_prompts, subject_positions
+from lib_degu.hosts.common import Generation, and_parts, generic_conds, plan_prompts, subject_positions
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
 from lib_degu.step import Guide, is_active
@@ -93,34 +93,8 @@ def _text_keys(model: Any) -> tuple[Any, int | None] | None:
     return None
 
 
-def _parts(prompt: str) -> list[tuple[str, float]]:
-    indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])
-    return [(flat[i], weight) for i, weight in indexes[0]]
-
-
-def _generic_conds(p: Any, generation: Generation, texts: list[str]) -> Any:
-    from modules import sd_samplers
-
-    hires = bool(getattr(p, "is_hr_pass", False))
-    hires_steps = None
-    if hires:
-        config = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
-        steps = p.hr_second_pass_steps or p.steps
-        hires_steps = config.total_steps(steps) if config else steps
-    conditioning = prompt_parser.SdConditioning(
-        texts,
-        width=p.hr_upscale_to_x if hires else p.width,
-        height=p.hr_upscale_to_y if hires else p.height,
-        distilled_cfg_scale=getattr(p, "hr_distilled_cfg" if hires else "distilled_cfg_scale", None),
-    )
-    return p.get_conds_with_caching(
-        prompt_parser.get_learned_conditioning,
-        conditioning,
-        p.firstpass_steps,
-        [generation.cache(p)],
-        p.hr_extra_network_data if hires else p.extra_network_data,
-        hires_steps,
-    )
+def _distilled_cfg(p: Any) -> Any:
+    return getattr(p, "hr_distilled_cfg" if getattr(p, "is_hr_pass", False) else "distilled_cfg_scale", None)
 
 
 def prepare_pass(p: Any, generation: Generation) -> Pass | None:
@@ -130,7 +104,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     base_unet = previous.base_unet if previous is not None else unet
     p.sd_model.forge_objects.unet = base_unet
 
-    plans = plan_prompts(p, generation, _parts)
+    plans = plan_prompts(p, generation, lambda prompt: and_parts(prompt_parser, prompt))
     if any(len(plan.parts) > 1 for plan in plans):
         generation.note(p, "DeGu: AND prompts are merged by Forge before guidance; DeGu is off for them.")
         return None
@@ -152,7 +126,9 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         generation=generation,
         plans=plans,
         active_images=active,
-        generic_conds=_generic_conds(p, generation, texts),
+        generic_conds=generic_conds(
+            p, generation, texts, prompt_parser, sd_samplers, distilled_cfg_scale=_distilled_cfg(p)
+        ),
         positions=positions,
         guide=Guide(generation.settings),
         base_unet=base_unet,
