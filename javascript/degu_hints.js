@@ -24,8 +24,10 @@
                 const root = gradioApp().getElementById(`script_${tab}_degu_${name}`);
                 if (!root) continue;
                 root.title = text;
+                // Only this control's own parts: the accordion contains the other controls.
                 root.querySelectorAll("input, textarea, label, span").forEach((el) => {
-                    if (!el.title) el.title = text;
+                    const owner = el.parentElement && el.parentElement.closest('[id*="_degu_"]');
+                    if (owner === root || el.id.startsWith(root.id)) el.title = text;
                 });
             }
         }

@@ -19,6 +19,11 @@ HOST = detect_host()
 TITLE = "DeGu"
 XYZ_PREFIX = "[DeGu] "
 ADVANCED = ("threshold", "softness", "blur", "ema", "start", "end")
+PLACEHOLDERS = {"subject": "e.g. sks, ohwx man, my-embedding", "generic": "e.g. a  (empty: remove the subject word)"}
+BALANCE_ENDS = (
+    '<div class="degu-balance-ends"><span>&larr; -1: editability (the scene you asked for)</span>'
+    "<span>+1: fidelity (your subject) &rarr;</span></div>"
+)
 
 if HOST == "forge":
     from lib_degu.hosts import forge as adapter
@@ -40,7 +45,7 @@ def _component(name: str, default: Any, elem_id: str) -> Any:
         )
     if isinstance(default, bool):
         return gr.Checkbox(label=spec.label, value=default, elem_id=elem_id)
-    return gr.Textbox(label=spec.label, value=default, lines=1, elem_id=elem_id, placeholder=spec.help)
+    return gr.Textbox(label=spec.label, value=default, lines=1, elem_id=elem_id, placeholder=PLACEHOLDERS.get(name))
 
 
 class DeGuScript(scripts.Script):
@@ -63,6 +68,8 @@ class DeGuScript(scripts.Script):
                     components[name] = _component(name, _ui_default(name), self.elem_id(name))
             for name in ("identity_scale", "context_scale", "balance", "mask_source"):
                 components[name] = _component(name, _ui_default(name), self.elem_id(name))
+                if name == "balance":
+                    gr.HTML(BALANCE_ENDS, elem_id=self.elem_id("balance_ends"))
             with gr.Accordion("Advanced", open=False):
                 for name in ADVANCED:
                     components[name] = _component(name, _ui_default(name), self.elem_id(name))
