@@ -56,6 +56,9 @@ class Pass:
     capture: AttentionCapture | None = None
     step_plan: StepPlan | None = None
     off: bool = False
+    indicator: torch.Tensor | None = None
+    indicator_key: tuple[int, str] | None = None
+    generic_source_rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     # Instance attributes our patches replaced (a foreign extension's patch), restored on unpatch.
     replaced: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +131,10 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         guide=Guide(settings),
         model=shared.sd_model,
     )
+    source_rows = [0] * len(generic_rows)
+    for (image, part), index in generic_rows.items():
+        source_rows[index] = cond_rows[image][part]
+    state.generic_source_rows = torch.tensor(source_rows, dtype=torch.long)  # moved to the device once per step
     if settings.mask_source == "attention":
         state.capture = _make_capture(p, generation, positions)
     generation.remember(p, active, state.guide)
@@ -253,10 +260,7 @@ def _insert_generic_rows(params: Any, state: Pass) -> None:
     if cond_rows != expected:
         raise ValueError(f"{cond_rows} prompt rows, expected {expected}")
     generic = _fit_tokens(prompt_parser.reconstruct_cond_batch(state.generic_conds, denoiser.step), text_cond)
-    source_rows = [0] * len(state.generic_rows)
-    for (image, part), index in state.generic_rows.items():
-        source_rows[index] = state.cond_rows[image][part]
-    take = torch.tensor(source_rows, device=params.x.device)
+    take = state.generic_source_rows.to(params.x.device)
 
     def insert(rows: torch.Tensor) -> torch.Tensor:
         return torch.cat([rows[:cond_rows], rows.index_select(0, take.to(rows.device)), rows[cond_rows:]])
@@ -269,7 +273,15 @@ def _insert_generic_rows(params: Any, state: Pass) -> None:
     params.x, params.sigma, params.image_cond, params.text_cond = x, sigma, image_cond, merged
     state.step_plan = StepPlan(step=denoiser.step, cond_rows=cond_rows, sigma0=params.sigma[0])
     if state.capture is not None:
-        state.capture.begin_step(state.identity_rows, token_indicator(state.positions, generic.shape[1], x.device))
+        state.capture.begin_step(state.identity_rows, _indicator(state, generic.shape[1], x.device))
+
+
+def _indicator(state: Pass, length: int, device: torch.device) -> torch.Tensor:
+    """The subject-token indicator, built once per pass (token count and device rarely change)."""
+    key = (length, str(device))
+    if state.indicator_key != key:
+        state.indicator, state.indicator_key = token_indicator(state.positions, length, device), key
+    return state.indicator
 
 
 def _uncond_skipped(denoiser: Any, sigma0: Any) -> bool:

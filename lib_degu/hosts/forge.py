@@ -60,6 +60,7 @@ class Pass:
     base_unet: Any
     capture: AttentionCapture | None = None
     step: StepState | None = None
+    indicator: torch.Tensor | None = None
     fallback_announced: bool = False
     extra_calls: int = 0
 
@@ -191,8 +192,10 @@ def _install(unet: Any, state: Pass) -> None:
             cfg1 = math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
             state.step = StepState(cond_scale, uncond is not None and not cfg1, generic_entry)
             if state.capture is not None:
-                length = max(max(found) for found in state.positions) + 1
-                state.capture.begin_step(state.active_images, token_indicator(state.positions, length, x.device))
+                if state.indicator is None or state.indicator.device != x.device:
+                    length = max(max(found) for found in state.positions) + 1
+                    state.indicator = token_indicator(state.positions, length, x.device)  # once per pass
+                state.capture.begin_step(state.active_images, state.indicator)
         except Exception as error:
             state.step = None
             state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
