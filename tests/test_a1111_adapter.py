@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests import a1111_support
 from tests.a1111_support import adapter, degu_script, rows_per_call, run, script_callbacks, shared, unet_hook_count
 from tests.fake_a1111 import harness
 
@@ -282,3 +283,51 @@ def test_cond_scale_multiplier_of_cfgpp_samplers_is_respected(host):
     plain = generate(None)
     assert torch.allclose(generate(FULL), plain, atol=1e-4)
     assert not torch.allclose(generate({**ON, "context_scale": 2.0}), plain, atol=1e-3)
+
+
+SAMPLERS = ["Euler", "LCM", "DDIM", "DDIM CFG++", "PLMS"]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_family_full_mask_equals_host_and_balance_gives_the_generic_prompt(host, sampler):
+    """k-diffusion (denoised x0) and CompVis timestep samplers (eps, timesteps as sigma, CFG++'s
+    multiplier and last_noise_uncond, PLMS's extra first-step call) all go through CFGDenoiser.forward."""
+    plain = run(None, sampler_name=sampler).latents
+    full = run(FULL, sampler_name=sampler)
+    _no_errors(full)
+    assert torch.allclose(full.latents, plain, atol=1e-4)
+    generic_plain = run(None, sampler_name=sampler, prompt="a photo of a dog on a beach").latents
+    generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, sampler_name=sampler).latents
+    assert torch.allclose(generic, generic_plain, atol=1e-4)
+    guided = run({**ON, "context_scale": 1.5, "mask_source": "difference"}, sampler_name=sampler)
+    _no_errors(guided)
+    assert not torch.allclose(guided.latents, plain, atol=1e-3)
+    # Random weights attend almost uniformly (mask near 1): the attention mask moves the image less.
+    attention = run({**ON, "context_scale": 1.5}, sampler_name=sampler)
+    _no_errors(attention)
+    assert not torch.equal(attention.latents, plain)
+    assert attention.p.extra_generation_params["DeGu mask used"] == "attention"
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "PLMS"])
+def test_timestep_samplers_hires_and_inpaint(host, sampler):
+    plain = run(None, sampler_name=sampler, enable_hr=True, hr_scale=2.0).latents
+    assert torch.allclose(run(FULL, sampler_name=sampler, enable_hr=True, hr_scale=2.0).latents, plain, atol=1e-4)
+    init = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1.0
+
+    def inpaint(degu):
+        p = harness.FakeImg2ImgProcessing(
+            init_latent=init, image_mask=mask, prompt="a photo of sks dog", steps=4, sampler_name=sampler,
+            denoising_strength=0.75, **({} if degu is None else {"scripts": [a1111_support.make_script()],
+                                         "script_args": a1111_support.script_args(**degu)}),
+        )
+        return harness.txt2img(p).latents
+
+    plain = inpaint(None)
+    assert torch.allclose(inpaint(FULL), plain, atol=1e-4)
+    guided = inpaint({**ON, "context_scale": 2.0, "mask_source": "difference"})
+    assert not torch.allclose(guided, plain, atol=1e-3)
+    keep = mask.expand_as(plain) == 0  # outside the inpaint mask the host blends the original back
+    assert torch.allclose(guided[keep], plain[keep], atol=1e-4)

@@ -1,12 +1,12 @@
-"""Fake of modules/sd_samplers.py (1.10.1): sampler lookup and creation (only 'Euler' exists)."""
+"""Fake of modules/sd_samplers.py (1.10.1): sampler lookup and creation (Euler, LCM, DDIM, DDIM CFG++, PLMS)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from modules import sd_samplers_common, sd_samplers_kdiffusion
+from modules import sd_samplers_common, sd_samplers_kdiffusion, sd_samplers_timesteps
 
-all_samplers = [*sd_samplers_kdiffusion.samplers_data_k_diffusion]
+all_samplers = [*sd_samplers_kdiffusion.samplers_data_k_diffusion, *sd_samplers_timesteps.samplers_data_timesteps]
 all_samplers_map = {x.name: x for x in all_samplers}
 samplers = all_samplers
 samplers_for_img2img = all_samplers

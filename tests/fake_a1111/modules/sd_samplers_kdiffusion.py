@@ -1,5 +1,5 @@
 """Fake of modules/sd_samplers_kdiffusion.py (1.10.1) with the bits of k-diffusion it needs:
-only the 'Euler' sampler, with the default (uniform-timestep, Karras-free) sigma schedule."""
+the 'Euler' and 'LCM' samplers, with the default (uniform-timestep, Karras-free) sigma schedule."""
 
 from __future__ import annotations
 
@@ -87,6 +87,23 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
     return x
 
 
+@torch.no_grad()
+def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
+    """mirrors k_diffusion/sampling.py: sample_lcm - jump to the denoised x0, re-noise to the next
+    sigma (the fake's noise comes from a fixed-seed generator instead of the image RNG)."""
+    extra_args = {} if extra_args is None else extra_args
+    generator = torch.Generator().manual_seed(1234)
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * torch.randn(x.shape, generator=generator).to(x)
+    return x
+
+
 class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
     """mirrors modules/sd_samplers_kdiffusion.py: CFGDenoiserKDiffusion (1.10.1): ``inner_model`` is
     ``shared.sd_model.create_denoiser()`` if present, else a CompVisDenoiser of ``shared.sd_model``;
@@ -104,7 +121,7 @@ class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
 
 
 class KDiffusionSampler(sd_samplers_common.Sampler):
-    """mirrors modules/sd_samplers_kdiffusion.py: KDiffusionSampler (1.10.1) for sample_euler only.
+    """mirrors modules/sd_samplers_kdiffusion.py: KDiffusionSampler (1.10.1) for sample_euler and sample_lcm.
 
     A new instance (and so a new ``model_wrap_cfg`` CFGDenoiser) per sampling pass."""
 
@@ -185,6 +202,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
 
 samplers_k_diffusion = [
     ("Euler", "sample_euler", ["k_euler"], {}),
+    ("LCM", "sample_lcm", ["k_lcm"], {}),
 ]
 
 samplers_data_k_diffusion = [
