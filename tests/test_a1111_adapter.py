@@ -331,3 +331,32 @@ def test_timestep_samplers_hires_and_inpaint(host, sampler):
     assert not torch.allclose(guided, plain, atol=1e-3)
     keep = mask.expand_as(plain) == 0  # outside the inpaint mask the host blends the original back
     assert torch.allclose(guided[keep], plain[keep], atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_refiner_switch_steps_aside_after_the_switch_with_a_message(host, sampler):
+    """sd_samplers_common.apply_refiner swaps shared.sd_model mid-sampling and recomputes the conds:
+    DeGu guides the steps before the switch and leaves the refiner's steps to the host."""
+    from tests.tiny_models import tiny_unet
+
+    def generate(degu, switch_at):
+        def load_refiner():
+            return harness.FakeSdModel(tiny_unet(7).requires_grad_(False), harness.FakeClipEmbedder(7), "refiner")
+
+        refiner = harness.FakeCheckpointInfo("refiner", loader=load_refiner)
+        try:
+            return run(degu, sampler_name=sampler, refiner_checkpoint_info=refiner, refiner_switch_at=switch_at)
+        finally:
+            shared.sd_model = host  # the real host reloads the base model at the next generation
+
+    plain = generate(None, 0.5)
+    assert plain.p.extra_generation_params["Refiner"] == "refiner"
+    assert torch.allclose(generate(FULL, 0.5).latents, plain.latents, atol=1e-4)
+    guided = generate({**ON, "context_scale": 2.0, "mask_source": "difference"}, 0.5)
+    assert not torch.allclose(guided.latents, plain.latents, atol=1e-3)
+    assert any("refiner" in comment and "DeGu is off after the switch" in comment for comment in guided.p.comments)
+    assert not [c for c in guided.p.comments if "error" in c.lower()]
+    # Switching before the first step: DeGu never guides, the result is the host's, bit for bit.
+    immediate = generate({**ON, "context_scale": 2.0}, 0.0)
+    assert torch.equal(immediate.latents, generate(None, 0.0).latents)
+    assert unet_hook_count(host) == 0

@@ -116,11 +116,13 @@ class FakeDiffusionWrapper(torch.nn.Module):
 
 
 class FakeCheckpointInfo:
-    """Stands in for modules/sd_models.py CheckpointInfo (part of the cond cache key)."""
+    """Stands in for modules/sd_models.py CheckpointInfo (part of the cond cache key); ``loader``
+    builds the model when the fake sd_models.reload_model_weights switches to it (refiner)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, loader: Any = None) -> None:
         self.name = self.name_for_extra = self.title = self.short_title = name
         self.filename = f"{name}.safetensors"
+        self.loader = loader
 
 
 class FakeSdModel(torch.nn.Module):

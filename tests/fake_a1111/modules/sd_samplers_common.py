@@ -1,5 +1,5 @@
 """Fake of modules/sd_samplers_common.py (1.10.1): SamplerData, InterruptedException and the
-Sampler base class (initialize / launch_sampling / callback_state). No refiner, no VAE."""
+Sampler base class (initialize / launch_sampling / callback_state), the refiner switch. No VAE."""
 
 from __future__ import annotations
 
@@ -34,8 +34,43 @@ class InterruptedException(BaseException):
 
 
 def apply_refiner(cfg_denoiser: Any, sigma: Any = None) -> bool:
-    """mirrors modules/sd_samplers_common.py: apply_refiner (1.10.1) - the fake has no refiner."""
-    return False
+    """mirrors modules/sd_samplers_common.py: apply_refiner (1.10.1): once the completed ratio reaches
+    ``p.refiner_switch_at``, loads the refiner checkpoint, recomputes the conds with it and resets
+    the inner model; returns True if it switched (CFGDenoiser.forward then re-reads cond/uncond)."""
+    import torch
+    from modules import sd_models
+
+    if opts.refiner_switch_by_sample_steps or sigma is None:
+        completed_ratio = cfg_denoiser.step / cfg_denoiser.total_steps
+        cfg_denoiser.p.extra_generation_params["Refiner switch by sampling steps"] = True
+    else:
+        try:
+            sigmas = cfg_denoiser.inner_model.sigmas
+            timestep = torch.argmin(torch.abs(sigmas.to(sigma.device) - torch.max(sigma)))
+        except AttributeError:  # timestep samplers (DDIM) pass the timestep itself
+            timestep = torch.max(sigma).to(dtype=int)
+        completed_ratio = (999 - timestep) / 1000
+
+    refiner_switch_at = cfg_denoiser.p.refiner_switch_at
+    refiner_checkpoint_info = cfg_denoiser.p.refiner_checkpoint_info
+    if refiner_switch_at is not None and completed_ratio < refiner_switch_at:
+        return False
+    if refiner_checkpoint_info is None or shared.sd_model.sd_checkpoint_info == refiner_checkpoint_info:
+        return False
+    if getattr(cfg_denoiser.p, "enable_hr", False):
+        is_second_pass = cfg_denoiser.p.is_hr_pass
+        if opts.hires_fix_refiner_pass == "first pass" and is_second_pass:
+            return False
+        if opts.hires_fix_refiner_pass == "second pass" and not is_second_pass:
+            return False
+
+    cfg_denoiser.p.extra_generation_params["Refiner"] = refiner_checkpoint_info.short_title
+    cfg_denoiser.p.extra_generation_params["Refiner switch at"] = refiner_switch_at
+    with sd_models.SkipWritingToConfig():
+        sd_models.reload_model_weights(info=refiner_checkpoint_info)
+    cfg_denoiser.p.setup_conds()
+    cfg_denoiser.update_inner_model()
+    return True
 
 
 def store_latent(decoded: Any) -> None:

@@ -28,6 +28,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "sgm_noise_multiplier": False,
     "enable_quantization": False,
     "inpainting_mask_weight": 1.0,
+    "refiner_switch_by_sample_steps": False,
+    "hires_fix_refiner_pass": "second pass",
+    "sdxl_refiner_low_aesthetic_score": 2.5,
+    "sdxl_refiner_high_aesthetic_score": 6.0,
 }
 
 
