@@ -360,3 +360,54 @@ def test_refiner_switch_steps_aside_after_the_switch_with_a_message(host, sample
     immediate = generate({**ON, "context_scale": 2.0}, 0.0)
     assert torch.equal(immediate.latents, generate(None, 0.0).latents)
     assert unet_hook_count(host) == 0
+
+
+LONG = "sks cat on a mat, " + "a very long description of a sunny seaside town, " * 9  # > 75 tokens: 2 chunks
+
+
+@pytest.fixture
+def sdxl_host():
+    with harness.host_session(seed=0, arch="sdxl") as model:
+        yield model
+
+
+def test_sdxl_dict_conds_full_mask_equals_host_and_balance_gives_the_generic_prompt(sdxl_host):
+    """SDXL's conds are dicts (crossattn from two encoders + vector with the image size): the generic
+    rows carry both keys, made at the pass's size (hires too), in the same model call."""
+    plain = run(None).latents
+    assert torch.equal(run({**ON, "enabled": False}).latents, plain)
+    assert torch.allclose(run(FULL).latents, plain, atol=1e-4)
+    for hires in (False, True):
+        generic_plain = run(None, prompt="a photo of a dog on a beach", enable_hr=hires).latents
+        generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, enable_hr=hires)
+        _no_errors(generic)
+        assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
+    calls: list[tuple[int, int]] = []
+    handle = sdxl_host.model.diffusion_model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((args[0].shape[0], kwargs["class_labels"].shape[0])),
+        with_kwargs=True,
+    )
+    try:
+        guided = run({**ON, "context_scale": 2.0})
+    finally:
+        handle.remove()
+    _no_errors(guided)
+    assert calls and all(rows == (3, 3) for rows in calls)  # prompt, generic, uncond: x and vector rows
+    assert guided.p.extra_generation_params["DeGu mask used"] == "attention"
+    assert not torch.equal(guided.latents, plain)
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_batch_prompts_of_different_chunk_counts(arch):
+    """One prompt of 77 tokens, one of 154 in the same batch: the host pads the shorter prompt rows
+    (stack_conds); DeGu's generic rows are padded the same way."""
+    prompts = ["a photo of sks dog", LONG]
+    generic_prompts = ["a photo of a dog", LONG.replace("sks", "a", 1)]
+    with harness.host_session(seed=0, arch=arch):
+        generic_plain = run(None, prompt=generic_prompts, batch_size=2).latents
+        generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, prompt=prompts, batch_size=2)
+        _no_errors(generic)
+        assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
+        guided = run({**ON, "context_scale": 2.0}, prompt=prompts, batch_size=2)
+        _no_errors(guided)
+        assert not torch.equal(guided.latents, run(None, prompt=prompts, batch_size=2).latents)

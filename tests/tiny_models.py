@@ -8,10 +8,11 @@ from diffusers import UNet2DConditionModel
 CONTEXT_DIM = 32
 
 
-def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+def tiny_unet(seed: int = 0, **extra: object) -> UNet2DConditionModel:
     """diffusers' SD-style UNet (down/mid/up blocks with attn1/attn2 transformer blocks), tiny.
 
-    Attention sits at downsample factors 1, 2 and 4 (the mid block), like SD1.x's levels.
+    Attention sits at downsample factors 1, 2 and 4 (the mid block), like SD1.x's levels. ``extra``
+    goes to the constructor (e.g. a projected class embedding for SDXL's ``vector``).
     """
     torch.manual_seed(seed)
     return UNet2DConditionModel(
@@ -25,4 +26,5 @@ def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
         cross_attention_dim=CONTEXT_DIM,
         attention_head_dim=4,
         norm_num_groups=8,
+        **extra,
     ).eval()

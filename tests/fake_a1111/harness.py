@@ -159,6 +159,70 @@ class FakeSdModel(torch.nn.Module):
         yield
 
 
+class FakeSdxlConditioner(torch.nn.Module):
+    """Stands in for sgm's GeneralConditioner as hijacked by modules/sd_hijack.py for SDXL: two text
+    embedders (CLIP-L and OpenCLIP-G stand-ins, both ``TextConditionalModel``: the same chunks and
+    token positions), outputs concatenated on the feature axis."""
+
+    def __init__(self, seed: int, dim: int) -> None:
+        super().__init__()
+        self.embedders = torch.nn.ModuleList([FakeClipEmbedder(seed, dim // 2), FakeClipEmbedder(seed + 100, dim // 2)])
+
+
+class FakeSdxlWrapper(torch.nn.Module):
+    """mirrors sgm/modules/diffusionmodules/wrappers.py: OpenAIWrapper.forward(x, t, c): the UNet gets
+    ``context=c['crossattn']`` and ``y=c['vector']`` (here diffusers' ``class_labels``)."""
+
+    def __init__(self, diffusion_model: torch.nn.Module) -> None:
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.conditioning_key = "crossattn"  # set by sd_models_xl.extend_sdxl
+
+    def forward(self, x, t, c, **kwargs):
+        return self.diffusion_model(x, t, encoder_hidden_states=c["crossattn"], class_labels=c["vector"]).sample
+
+
+class FakeSdxlModel(FakeSdModel):
+    """The SDXL ``DiffusionEngine`` surface (modules/sd_models_xl.py): dict conds ``{'crossattn': (B, 77k, C),
+    'vector': (B, V)}`` where the vector holds a pooled text embedding and the image size embedding,
+    ``cond_stage_model`` is the conditioner (``.embedders``), ``apply_model(x, t, cond)`` passes the dict."""
+
+    SIZE_FEATURES = 8
+
+    def __init__(self, unet: torch.nn.Module, seed: int, name: str = "fake-sdxl") -> None:
+        super().__init__(unet, FakeSdxlConditioner(seed, CONTEXT_DIM), name=name)
+        self.model = FakeSdxlWrapper(unet)
+        self.conditioner = self.cond_stage_model
+        self.cond_stage_key = "txt"
+        self.is_sd1, self.is_sdxl = False, True
+        with torch.no_grad():
+            self.cond_stage_model_empty_prompt = self.get_learned_conditioning([""])["crossattn"]  # get_empty_cond
+
+    def get_learned_conditioning(self, batch):
+        """mirrors sd_models_xl.py: get_learned_conditioning (1.10.1): width/height from the
+        SdConditioning (default 1024), crop from opts; the text embedders' outputs concatenated."""
+        if not hasattr(self, "conditioner"):  # during FakeSdModel.__init__
+            return None
+        width = getattr(batch, "width", 1024) or 1024
+        height = getattr(batch, "height", 1024) or 1024
+        crop = [shared.opts.sdxl_crop_top, shared.opts.sdxl_crop_left]
+        force_zero = getattr(batch, "is_negative_prompt", False) and all(x == "" for x in batch)
+        parts = [embedder(list(batch)) for embedder in self.conditioner.embedders]
+        crossattn = torch.cat(parts, dim=-1)
+        if force_zero:
+            crossattn = torch.zeros_like(crossattn)
+        pooled = parts[1][:, :77].mean(dim=1)  # stands in for OpenCLIP-G's pooled EOS output
+        sizes = torch.tensor([height, width, *crop, height, width], dtype=torch.float32) / 1024
+        frequencies = torch.arange(1, self.SIZE_FEATURES // 2 + 1, dtype=torch.float32)
+        size_embedding = torch.cat([torch.sin(sizes.sum() * frequencies), torch.cos(sizes[0] * frequencies)])
+        vector = torch.cat([pooled, size_embedding.expand(len(batch), -1)], dim=-1)
+        return {"crossattn": crossattn, "vector": vector}
+
+    def apply_model(self, x_noisy, t, cond):
+        """mirrors sd_models_xl.py: apply_model (1.10.1)."""
+        return self.model(x_noisy, t, cond)
+
+
 def register_embedding(name: str, vectors: int, seed: int = 0, model: FakeSdModel | None = None) -> Embedding:
     """Registers a textual-inversion embedding ``name`` with ``vectors`` random vectors."""
     model = model or shared.sd_model
@@ -834,8 +898,24 @@ def txt2img(p: FakeProcessing) -> FakeProcessed:
         state.end()
 
 
+@_while_installed
+def make_sdxl_host(seed: int = 0) -> FakeSdxlModel:
+    """Like ``make_host`` with the SDXL-shaped model (dict conds, two text encoders); no embeddings."""
+    opts.reset()
+    state.reset()
+    sd_hijack.model_hijack.embedding_db = EmbeddingDatabase()
+    sd_hijack.model_hijack.clear_comments()
+    vector = CONTEXT_DIM // 2 + FakeSdxlModel.SIZE_FEATURES
+    unet = tiny_unet(seed, class_embed_type="projection", projection_class_embeddings_input_dim=vector)
+    model = FakeSdxlModel(unet.requires_grad_(False), seed, name=f"fake-sdxl-{seed}").eval()
+    shared.sd_model = model
+    script_callbacks.model_loaded_callback(model)
+    return model
+
+
 @contextlib.contextmanager
-def host_session(seed: int = 0, embeddings: dict[str, int] | None = None):
-    """``with host_session() as sd_model:`` - the fake installed and a fresh host made for the block."""
+def host_session(seed: int = 0, embeddings: dict[str, int] | None = None, arch: str = "sd1"):
+    """``with host_session() as sd_model:`` - the fake installed and a fresh host made for the block
+    (``arch="sdxl"``: the SDXL-shaped model)."""
     with installed():
-        yield make_host(seed, embeddings)
+        yield make_sdxl_host(seed) if arch == "sdxl" else make_host(seed, embeddings)
