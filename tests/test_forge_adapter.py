@@ -155,6 +155,17 @@ def test_batch_of_two_different_prompts(forge):
     assert any("image(s) 2" in c for c in processed.p.comments)
 
 
+def test_batch_prompts_of_different_chunk_counts(forge):
+    """77 and 154 tokens in one batch: generic rows padded like the host's prompt rows (stack_conds)."""
+    long = "sks cat on a mat, " + "a very long description of a sunny seaside town, " * 9
+    prompts, generic_prompts = ["a photo of sks dog", long], ["a photo of a dog", long.replace("sks", "a", 1)]
+    generic_plain, _ = _run(forge, prompt=generic_prompts, batch_size=2)
+    settings = {**ON, "balance": -1.0, "mask_source": "difference"}
+    out, processed = _run(forge, degu=settings, prompt=prompts, batch_size=2)
+    _no_errors(processed)
+    assert torch.allclose(out, generic_plain, atol=1e-4)
+
+
 def test_and_prompt_steps_aside_with_a_message(forge):
     plain, _ = _run(forge, prompt="sks dog AND a beach")
     out, processed = _run(forge, degu=ON, prompt="sks dog AND a beach")

@@ -22,7 +22,14 @@ from modules.sd_samplers_cfg_denoiser import catenate_conds
 
 from lib_degu import guidance
 from lib_degu.attention import AttentionCapture, find_cross_attention, token_indicator
-from lib_degu.hosts.common import Generation, and_parts, generic_conds, plan_prompts, subject_positions
+from lib_degu.hosts.common import (
+    Generation,
+    and_parts,
+    generic_batch,
+    generic_conds,
+    plan_prompts,
+    subject_positions,
+)
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
 from lib_degu.step import Guide, is_active
@@ -259,7 +266,7 @@ def _insert_generic_rows(params: Any, state: Pass) -> None:
     expected = sum(len(rows) for rows in state.cond_rows)
     if cond_rows != expected:
         raise ValueError(f"{cond_rows} prompt rows, expected {expected}")
-    generic = _fit_tokens(_generic_batch(state.generic_conds, denoiser.step), text_cond)
+    generic = _fit_tokens(generic_batch(prompt_parser, state.generic_conds, denoiser.step), text_cond)
     take = state.generic_source_rows.to(params.x.device)
 
     def insert(rows: torch.Tensor) -> torch.Tensor:
@@ -274,16 +281,6 @@ def _insert_generic_rows(params: Any, state: Pass) -> None:
     state.step_plan = StepPlan(step=denoiser.step, cond_rows=cond_rows, sigma0=params.sigma[0])
     if state.capture is not None:
         state.capture.begin_step(state.identity_rows, _indicator(state, generic.shape[1], x.device))
-
-
-def _generic_batch(schedules: list, step: int) -> Any:
-    """The generic rows at this step. Prompts in a batch can differ in chunk count, which
-    ``reconstruct_cond_batch`` cannot stack: pad like the host pads its prompt rows (``stack_conds``
-    in ``reconstruct_multicond_batch``: the last vector repeated)."""
-    rows = [prompt_parser.reconstruct_cond_batch([schedule], step) for schedule in schedules]
-    if isinstance(rows[0], dict):
-        return prompt_parser.DictWithShape({k: prompt_parser.stack_conds([r[k][0] for r in rows]) for k in rows[0]})
-    return prompt_parser.stack_conds([r[0] for r in rows])
 
 
 def _indicator(state: Pass, length: int, device: torch.device) -> torch.Tensor:

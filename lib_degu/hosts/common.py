@@ -138,3 +138,13 @@ def generic_conds(
         p.hr_extra_network_data if hires else p.extra_network_data,
         hires_steps,
     )
+
+
+def generic_batch(prompt_parser: Any, schedules: list, step: int) -> Any:
+    """The generic rows at ``step``. Prompts in a batch can differ in chunk count, which the host's
+    ``reconstruct_cond_batch`` cannot stack: pad like the host pads its prompt rows (``stack_conds``
+    in ``reconstruct_multicond_batch``: each shorter row's last vector repeated)."""
+    rows = [prompt_parser.reconstruct_cond_batch([schedule], step) for schedule in schedules]
+    if isinstance(rows[0], dict):
+        return prompt_parser.DictWithShape({k: prompt_parser.stack_conds([r[k][0] for r in rows]) for k in rows[0]})
+    return prompt_parser.stack_conds([r[0] for r in rows])

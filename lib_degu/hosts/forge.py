@@ -23,7 +23,7 @@ from backend.sampling.condition import Condition, ConditionCrossAttn, repeat_to_
 from modules import prompt_parser, sd_samplers, shared
 
 from lib_degu.attention import AttentionCapture, JointAttentionCapture, find_cross_attention, token_indicator
-from lib_degu.hosts.common import Generation, and_parts, generic_conds, plan_prompts, subject_positions
+from lib_degu.hosts.common import Generation, and_parts, generic_batch, generic_conds, plan_prompts, subject_positions
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
 from lib_degu.step import Guide, is_active
@@ -183,7 +183,7 @@ def _install(unet: Any, state: Pass) -> None:
                 return model, x, timestep, uncond, cond, cond_scale, model_options, seed
             if len(cond) != 1:
                 return model, x, timestep, uncond, cond, cond_scale, model_options, seed
-            generic = prompt_parser.reconstruct_cond_batch(state.generic_conds, denoiser.step)
+            generic = generic_batch(prompt_parser, state.generic_conds, denoiser.step)
             batch = x.shape[0]
             generic_entry = _generic_entry(cond[0], generic)
             cond = [_tagged(cond[0], IDENTITY, batch), _tagged(generic_entry, CONTEXT, batch)]
