@@ -397,17 +397,54 @@ def test_sdxl_dict_conds_full_mask_equals_host_and_balance_gives_the_generic_pro
     assert not torch.equal(guided.latents, plain)
 
 
-@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
-def test_batch_prompts_of_different_chunk_counts(arch):
-    """One prompt of 77 tokens, one of 154 in the same batch: the host pads the shorter prompt rows
-    (stack_conds); DeGu's generic rows are padded the same way."""
-    prompts = ["a photo of sks dog", LONG]
-    generic_prompts = ["a photo of a dog", LONG.replace("sks", "a", 1)]
+@pytest.mark.parametrize("arch", ["sd1", "sdxl", "sd3"])
+@pytest.mark.parametrize("second", [LONG, LONG.replace("sks ", "")], ids=["both-guided", "long-unguided"])
+def test_batch_prompts_of_different_chunk_counts(arch, second):
+    """77 and 154 tokens (SD3: CLIP + T5 halves) in one batch: the host pads shorter prompt rows
+    (stack_conds), DeGu pads its generic rows the same way, also when only the short prompt is guided."""
+    prompts = ["a photo of sks dog", second]
+    generic_prompts = ["a photo of a dog", second.replace("sks", "a", 1)]
     with harness.host_session(seed=0, arch=arch):
         generic_plain = run(None, prompt=generic_prompts, batch_size=2).latents
         generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, prompt=prompts, batch_size=2)
-        _no_errors(generic)
+        assert not [c for c in generic.p.comments if "error" in c.lower()]
         assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
         guided = run({**ON, "context_scale": 2.0}, prompt=prompts, batch_size=2)
-        _no_errors(guided)
-        assert not torch.equal(guided.latents, run(None, prompt=prompts, batch_size=2).latents)
+        assert not [c for c in guided.p.comments if "error" in c.lower()]
+        assert not torch.equal(guided.latents[0], run(None, prompt=prompts, batch_size=2).latents[0])
+
+
+def test_generic_longer_than_the_prompt_is_cut_with_a_message(host):
+    prompt = "a photo of " + "very " * 68 + "sks"  # 72 tokens: one chunk
+    plain = run(None, prompt=prompt).latents
+    processed = run({**ON, "generic": "small brown dog with floppy ears", "context_scale": 2.0}, prompt=prompt)
+    assert any("longer than the prompt" in c and "end was cut" in c for c in processed.p.comments)
+    assert not [c for c in processed.p.comments if "error" in c.lower()]
+    assert torch.isfinite(processed.latents).all() and not torch.equal(processed.latents, plain)
+
+
+def test_sd3_clip_and_t5_layout_with_the_difference_mask_and_a_note():
+    """SD3 (MM-DiT: no cross-attention to read): dict conds whose crossattn holds the CLIP chunks
+    then as many T5 tokens; the attention request falls back to the difference mask and says so."""
+    with harness.host_session(seed=0, arch="sd3") as model:
+        plain = run(None).latents
+        assert plain.shape == (1, 16, 8, 8)
+        assert torch.equal(run({**ON, "enabled": False}).latents, plain)
+        assert torch.allclose(run(FULL).latents, plain, atol=1e-4)
+        for hires in (False, True):
+            generic_plain = run(None, prompt="a photo of a dog on a beach", enable_hr=hires).latents
+            generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, enable_hr=hires)
+            _no_errors(generic)
+            assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
+        calls: list[int] = []
+        handle = model.model.diffusion_model.register_forward_pre_hook(
+            lambda module, args, kwargs: calls.append(kwargs["context"].shape[0]), with_kwargs=True
+        )
+        try:
+            guided = run({**ON, "context_scale": 2.0})
+        finally:
+            handle.remove()
+        assert calls and all(rows == 3 for rows in calls)
+        assert guided.p.extra_generation_params["DeGu mask used"] == "difference"
+        assert any("attention mask unavailable" in c and "SD3" in c for c in guided.p.comments)
+        assert not torch.allclose(guided.latents, plain, atol=1e-3)

@@ -234,8 +234,9 @@ def on_cfg_denoiser(params: Any) -> None:
         state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
 
 
-def _fit_tokens(generic: Any, text_cond: Any) -> Any:
-    """Make the generic rows' token count equal the prompt rows' (empty-prompt chunks, marker row)."""
+def _fit_tokens(generic: Any, text_cond: Any, state: Pass) -> Any:
+    """Make the generic rows' token count equal the prompt rows' (ControlNet's marker row; padding
+    as the host pads its shorter prompt rows in ``stack_conds``: the last vector repeated)."""
 
     def fit(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tokens, wanted = g.shape[1], target.shape[1]
@@ -243,13 +244,13 @@ def _fit_tokens(generic: Any, text_cond: Any) -> Any:
             g = torch.cat([target[:1, :1].expand(g.shape[0], 1, -1).to(g), g], dim=1)
             tokens += 1
         if tokens < wanted:
-            empty = getattr(shared.sd_model, "cond_stage_model_empty_prompt", None)
-            if empty is not None and (wanted - tokens) % CHUNK == 0 and empty.shape[-1] == g.shape[-1]:
-                g = torch.cat([g, empty.to(g).repeat(g.shape[0], (wanted - tokens) // CHUNK, 1)], dim=1)
-            else:
-                g = torch.cat([g, g[:, -1:].repeat(1, wanted - tokens, 1)], dim=1)
-        if g.shape[1] != wanted:
-            raise ValueError(f"the generic prompt needs {g.shape[1]} tokens, the prompt {wanted}")
+            g = torch.cat([g, g[:, -1:].repeat(1, wanted - tokens, 1)], dim=1)
+        elif tokens > wanted:  # the prompt rows cannot grow without changing the host's own result
+            state.generation.note(
+                state.p,
+                f"DeGu: the generic prompt is longer than the prompt ({tokens} > {wanted} tokens); its end was cut.",
+            )
+            g = g[:, :wanted]
         return g
 
     if isinstance(text_cond, dict):
@@ -266,7 +267,7 @@ def _insert_generic_rows(params: Any, state: Pass) -> None:
     expected = sum(len(rows) for rows in state.cond_rows)
     if cond_rows != expected:
         raise ValueError(f"{cond_rows} prompt rows, expected {expected}")
-    generic = _fit_tokens(generic_batch(prompt_parser, state.generic_conds, denoiser.step), text_cond)
+    generic = _fit_tokens(generic_batch(prompt_parser, state.generic_conds, denoiser.step), text_cond, state)
     take = state.generic_source_rows.to(params.x.device)
 
     def insert(rows: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from tests.fake_a1111 import install, installed, is_installed, uninstall  # noqa: F401  (re-exported)
-from tests.tiny_models import CONTEXT_DIM, tiny_unet
+from tests.tiny_models import CONTEXT_DIM, tiny_mmdit, tiny_unet
 
 with installed():
     from modules import errors, extra_networks, prompt_parser, script_callbacks, sd_hijack, sd_samplers, shared
@@ -221,6 +221,90 @@ class FakeSdxlModel(FakeSdModel):
     def apply_model(self, x_noisy, t, cond):
         """mirrors sd_models_xl.py: apply_model (1.10.1)."""
         return self.model(x_noisy, t, cond)
+
+
+class FakeSd3T5(torch.nn.Module):
+    """mirrors modules/models/sd3/sd3_cond.py: Sd3T5 (1.10.1): no BOS, the prompt's tokens then EOS,
+    padded (or cut) to ``token_count`` = the CLIP part's length; a seeded embedding stands in for T5."""
+
+    def __init__(self, seed: int, dim: int) -> None:
+        super().__init__()
+        self.words = FakeClipEmbedder(seed + 200, dim)  # only its tokenizer and embedding table
+        self.id_end, self.id_pad = 1, 0
+
+    def tokenize_line(self, line: str, *, target_token_count: int | None = None) -> tuple[list[int], list[float]]:
+        tokens = [t for text, _ in prompt_parser.parse_prompt_attention(line) if text != "BREAK"
+                  for t in self.words.tokenize([text])[0]] + [self.id_end]
+        if target_token_count is not None:
+            tokens = (tokens + [self.id_pad] * target_token_count)[:target_token_count]
+        return tokens, [1.0] * len(tokens)
+
+    def forward(self, texts: list[str], *, token_count: int) -> torch.Tensor:
+        tokens = torch.asarray([self.tokenize_line(text, target_token_count=token_count)[0] for text in texts])
+        return self.words.token_embedding(tokens)
+
+
+class FakeSd3Cond(torch.nn.Module):
+    """mirrors sd3_cond.py: SD3Cond.forward (1.10.1): ``crossattn`` = the CLIP-L/G chunks (77 each,
+    ``model_lg``, a TextConditionalModel) followed by as many T5 tokens; ``vector`` = pooled CLIP."""
+
+    def __init__(self, seed: int, dim: int, pooled: int) -> None:
+        super().__init__()
+        self.model_lg = FakeClipEmbedder(seed, pooled)
+        self.model_t5 = FakeSd3T5(seed, dim)
+        self.dim = dim
+
+    def forward(self, prompts: list[str]) -> dict:
+        lg_out = self.model_lg(list(prompts))
+        vector = lg_out[:, :77].mean(dim=1)  # stands in for the pooled CLIP-L/G outputs
+        lg_out = torch.nn.functional.pad(lg_out, (0, self.dim - lg_out.shape[-1]))  # to T5's width, as real
+        t5_out = self.model_t5(list(prompts), token_count=lg_out.shape[1])
+        return {"crossattn": torch.cat([lg_out, t5_out], dim=-2), "vector": vector}
+
+
+class FakeSd3Denoiser(torch.nn.Module):
+    """mirrors sd3_model.py SD3Denoiser + sd3_impls.py BaseModel/ModelSamplingDiscreteFlow (1.10.1):
+    flow matching with shift 3; ``forward(x, sigma, cond=...)`` returns the denoised x - v * sigma."""
+
+    def __init__(self, model: Any, shift: float = 3.0) -> None:
+        super().__init__()
+        self.inner_model = model
+        t = torch.arange(1, 1001, dtype=torch.float32) / 1000.0
+        self.register_buffer("sigmas", shift * t / (1 + (shift - 1) * t))
+
+    def get_sigmas(self, n: int | None = None) -> torch.Tensor:
+        index = torch.linspace(len(self.sigmas) - 1, 0, n).round().long()
+        return torch.cat([self.sigmas[index], self.sigmas.new_zeros([1])])
+
+    def forward(self, input: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+        v = self.inner_model.model.diffusion_model(
+            input, sigma * 1000, context=cond["crossattn"], y=cond["vector"]
+        )
+        return input - v * sigma.view(-1, *[1] * (input.ndim - 1))
+
+
+class FakeSd3Model(FakeSdModel):
+    """The SD3 ``SD3Inferencer`` surface (modules/models/sd3/sd3_model.py, 1.10.1): 16 latent channels,
+    dict conds with CLIP and T5 tokens in one ``crossattn`` sequence, an MM-DiT without cross-attention
+    modules, ``create_denoiser()`` for the k-diffusion samplers."""
+
+    def __init__(self, dit: torch.nn.Module, seed: int, name: str = "fake-sd3") -> None:
+        super().__init__(dit, FakeSd3Cond(seed, CONTEXT_DIM, 16), name=name)
+        self.model.diffusion_model = dit
+        self.cond_stage_key = "txt"
+        self.is_sd1, self.is_sd3 = False, True
+        self.latent_channels = 16
+        with torch.no_grad():
+            self.cond_stage_model_empty_prompt = self.get_learned_conditioning([""])["crossattn"]
+
+    def get_learned_conditioning(self, batch):
+        return self.cond_stage_model(batch)
+
+    def apply_model(self, x, t, cond):
+        raise NotImplementedError("SD3 runs through create_denoiser()")
+
+    def create_denoiser(self) -> FakeSd3Denoiser:
+        return FakeSd3Denoiser(self)
 
 
 def register_embedding(name: str, vectors: int, seed: int = 0, model: FakeSdModel | None = None) -> Embedding:
@@ -838,7 +922,7 @@ def process_images(p: FakeProcessing) -> FakeProcessed:
             p.negative_prompts = p.all_negative_prompts[a:b]
             p.seeds = p.all_seeds[a:b]
             p.subseeds = p.all_subseeds[a:b]
-            p.rng = ImageRNG((OPT_C, p.height // OPT_F, p.width // OPT_F), p.seeds)
+            p.rng = ImageRNG((shared.sd_model.latent_channels, p.height // OPT_F, p.width // OPT_F), p.seeds)
 
             if p.scripts is not None:
                 p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
@@ -913,9 +997,24 @@ def make_sdxl_host(seed: int = 0) -> FakeSdxlModel:
     return model
 
 
+@_while_installed
+def make_sd3_host(seed: int = 0) -> FakeSd3Model:
+    """Like ``make_host`` with the SD3-shaped model (MM-DiT, CLIP + T5 tokens); no embeddings."""
+    opts.reset()
+    state.reset()
+    sd_hijack.model_hijack.embedding_db = EmbeddingDatabase()
+    sd_hijack.model_hijack.clear_comments()
+    model = FakeSd3Model(tiny_mmdit(seed).requires_grad_(False), seed, name=f"fake-sd3-{seed}").eval()
+    shared.sd_model = model
+    script_callbacks.model_loaded_callback(model)
+    return model
+
+
 @contextlib.contextmanager
 def host_session(seed: int = 0, embeddings: dict[str, int] | None = None, arch: str = "sd1"):
     """``with host_session() as sd_model:`` - the fake installed and a fresh host made for the block
-    (``arch="sdxl"``: the SDXL-shaped model)."""
+    (``arch``: "sd1", "sdxl" or "sd3")."""
+    makers = {"sd1": lambda: make_host(seed, embeddings), "sdxl": lambda: make_sdxl_host(seed),
+              "sd3": lambda: make_sd3_host(seed)}
     with installed():
-        yield make_sdxl_host(seed) if arch == "sdxl" else make_host(seed, embeddings)
+        yield makers[arch]()
