@@ -448,3 +448,32 @@ def test_sd3_clip_and_t5_layout_with_the_difference_mask_and_a_note():
         assert guided.p.extra_generation_params["DeGu mask used"] == "difference"
         assert any("attention mask unavailable" in c and "SD3" in c for c in guided.p.comments)
         assert not torch.allclose(guided.latents, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("padding", ["none", "pad_cond_uncond", "pad_cond_uncond_v0"])
+def test_prompt_and_negative_of_different_lengths_under_each_padding_option(host, padding):
+    """A 154-token negative prompt with a 77-token prompt: the host pads (two options) or runs the
+    prompt and uncond rows in separate calls; the generic rows go wherever the prompt rows go."""
+    if padding != "none":
+        setattr(shared.opts, padding, True)
+    negative = "blurry, " + "ugly, low quality, bad anatomy, watermark, " * 12
+    plain = run(None, negative_prompt=negative).latents
+    assert torch.allclose(run(FULL, negative_prompt=negative).latents, plain, atol=1e-4)
+    generic_plain = run(None, prompt="a photo of a dog on a beach", negative_prompt=negative).latents
+    generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, negative_prompt=negative)
+    _no_errors(generic)
+    assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
+    guided = run({**ON, "context_scale": 2.0}, negative_prompt=negative)
+    _no_errors(guided)
+    assert not torch.equal(guided.latents, plain)
+
+
+def test_instructpix2pix_edit_model_steps_aside_with_a_message(host):
+    plain = run(None).latents
+    host.cond_stage_key = "edit"
+    try:
+        processed = run({**ON, "context_scale": 2.0})
+    finally:
+        host.cond_stage_key = "crossattn"
+    assert torch.equal(processed.latents, plain)
+    assert any("InstructPix2Pix" in c and "off" in c for c in processed.p.comments)

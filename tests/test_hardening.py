@@ -165,8 +165,9 @@ def _soak(generations: int, seed: int) -> None:
             shared.state.interrupted = shared.state.skipped = False
             shared.opts.batch_cond_uncond = rng.random() < 0.8
             shared.opts.skip_early_cond = rng.choice([0.0, 0.0, 0.3])
+            shared.opts.pad_cond_uncond = rng.random() < 0.3
             batch = rng.choice([1, 2])
-            choices = ["sks dog on a beach", "a cat", "sks AND sand:0.5", "[sks:cat:2] toy"]
+            choices = ["sks dog on a beach", "a cat", "sks AND sand:0.5", "[sks:cat:2] toy", "sks, " + "town, " * 40]
             prompts = [rng.choice(choices) for _ in range(batch)]
             degu = None
             if rng.random() < 0.8:
@@ -181,7 +182,10 @@ def _soak(generations: int, seed: int) -> None:
                 }
             size = rng.choice([48, 64, 80])
             processed = run(degu, prompt=prompts, batch_size=batch, width=size, height=rng.choice([48, 64]),
-                            steps=rng.choice([2, 3, 4]), enable_hr=rng.random() < 0.25, seed=rng.randrange(1000))
+                            steps=rng.choice([2, 3, 4]), enable_hr=rng.random() < 0.25, seed=rng.randrange(1000),
+                            sampler_name=rng.choice(["Euler", "Euler", "LCM", "DDIM", "DDIM CFG++", "PLMS"]),
+                            negative_prompt=rng.choice(["", "blurry", "ugly, " * 40]),
+                            s_min_uncond=rng.choice([0.0, 0.0, 100.0]))
             assert torch.isfinite(processed.latents).all()
             assert not [c for c in processed.p.comments if "error" in c.lower()]
             assert unet_hook_count(unet_model) == hooks_before
@@ -189,7 +193,7 @@ def _soak(generations: int, seed: int) -> None:
         script_callbacks.remove_callbacks_for_function(maybe_interrupt)
         shared.state.interrupted = shared.state.skipped = False
     assert {k: len(v) for k, v in script_callbacks.callback_map.items()} == callbacks_before
-    shared.opts.batch_cond_uncond, shared.opts.skip_early_cond = True, 0.0
+    shared.opts.batch_cond_uncond, shared.opts.skip_early_cond, shared.opts.pad_cond_uncond = True, 0.0, False
     assert torch.equal(run({"enabled": False}).latents, run(None).latents)
 
 
