@@ -265,3 +265,85 @@ def test_soak_forge(forge, request):
         assert not [c for c in processed.p.comments if "error" in c.lower()]
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
     assert repr(sorted(host.unet.model_options)) == options
+
+
+def _coupling_extension(kind: str):
+    """StyleAlign-like (an attn1 replacement for every block) or reference-only-like (a block modifier)
+    scripts from Forge's built-in extensions; the fake UNet does not run them, DeGu must see them."""
+    from modules import scripts
+
+    class Coupling(scripts.Script):
+        def title(self):
+            return kind
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            unet = p.sd_model.forge_objects.unet.clone()
+            if kind == "stylealign":
+                unet.set_model_replace_all(lambda q, k, v, transformer_options: q, "attn1")
+            else:
+                unet.add_block_modifier(lambda h, flag, transformer_options: h)
+            p.sd_model.forge_objects.unet = unet
+
+    return Coupling()
+
+
+@pytest.mark.parametrize("kind", ["stylealign", "reference"])
+@pytest.mark.parametrize("degu_first", [True, False])
+def test_batch_coupling_extensions_get_a_separate_generic_call(forge, kind, degu_first, capsys):
+    """StyleAlign / reference-only couple the rows of a call: DeGu leaves the batch to the host's rows
+    and runs the generic prompt as its own call; the math is unchanged (balance -1 = generic prompt)."""
+
+    def generate(degu, prompt="a photo of sks dog on a beach"):
+        host = harness.make_host("sd15")
+        rows: list[int] = []
+        host.sd_model.forge_objects.unet.model.diffusion_model.register_forward_pre_hook(
+            lambda m, args, kwargs: rows.append((args[0] if args else kwargs["sample"]).shape[0]), with_kwargs=True
+        )
+        p = host.processing(prompt=prompt, batch_size=2)
+        scripts = [_coupling_extension(kind)]
+        if degu is not None:
+            scripts.insert(0 if degu_first else 1, (forge.DeGuScript(), script_args(**degu)))
+        processed = host.run(p, *scripts)
+        processed.p = p
+        return torch.stack(list(processed.images)), processed, rows
+
+    generic_plain, _, _ = generate(None, prompt="a photo of a dog on a beach")
+    out, processed, rows = generate({**ON, "balance": -1.0})
+    assert torch.allclose(out, generic_plain, atol=1e-4)
+    assert rows[0::2] == [4] * (len(rows) // 2) and rows[1::2] == [2] * (len(rows) // 2)  # host call, generic call
+    assert any("couples the images of a batch" in c and "separate" in c for c in processed.p.comments)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
+    assert capsys.readouterr().out.count("separate model call") == 1  # announced once in the console
+    plain, _, _ = generate(None)
+    assert torch.allclose(generate(FULL)[0], plain, atol=1e-5)
+
+
+def test_a_foreign_wrapper_that_does_not_chain_falls_back_to_a_separate_call(forge, capsys):
+    """Another extension replaces model_function_wrapper after DeGu without calling DeGu's: DeGu never
+    sees its rows, so it runs the generic prompt separately and says so once."""
+    from modules import scripts
+
+    class Overwrite(scripts.Script):
+        def title(self):
+            return "overwrite"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            unet = p.sd_model.forge_objects.unet.clone()
+            unet.model_options["model_function_wrapper"] = lambda apply_model, args: apply_model(
+                args["input"], args["timestep"], **args["c"]
+            )
+            p.sd_model.forge_objects.unet = unet
+
+    host = harness.make_host("sd15")
+    generic_run = host.run(host.processing(prompt="a photo of a dog on a beach"), Overwrite())
+    generic_plain = torch.stack(list(generic_run.images))
+    p = host.processing(prompt="a photo of sks dog on a beach")
+    processed = host.run(p, (forge.DeGuScript(), script_args(**{**ON, "balance": -1.0})), Overwrite())
+    assert torch.allclose(torch.stack(list(processed.images)), generic_plain, atol=1e-4)
+    assert capsys.readouterr().out.count("could not join the batch") == 1

@@ -186,11 +186,22 @@ def _install(unet: Any, state: Pass) -> None:
             generic = generic_batch(prompt_parser, state.generic_conds, denoiser.step)
             batch = x.shape[0]
             generic_entry = _generic_entry(cond[0], generic)
+            cfg1 = math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
+            state.step = StepState(cond_scale, uncond is not None and not cfg1, generic_entry)
+            coupled_by = _batch_coupling(model_options)
+            if coupled_by:
+                # Extra rows would change what the other extension computes for the host's rows: leave
+                # the batch alone; post_cfg runs the generic prompt on its own (no attention to read).
+                state.generation.note(
+                    state.p,
+                    f"DeGu: {coupled_by} couples the images of a batch; the generic prompt runs as a separate "
+                    "model call (slower) and the difference mask is used.",
+                )
+                state.fallback_announced = True  # said once, with the reason
+                return model, x, timestep, uncond, cond, cond_scale, model_options, seed
             cond = [_tagged(cond[0], IDENTITY, batch), _tagged(generic_entry, CONTEXT, batch)]
             if uncond is not None:
                 uncond = [_tagged(entry, UNCOND, batch) for entry in uncond]
-            cfg1 = math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
-            state.step = StepState(cond_scale, uncond is not None and not cfg1, generic_entry)
             if state.capture is not None:
                 if state.indicator is None or state.indicator.device != x.device:
                     length = max(max(found) for found in state.positions) + 1
@@ -290,10 +301,22 @@ def _tagged(entry: dict, role: float, batch: int) -> dict:
     return tagged
 
 
+def _batch_coupling(model_options: dict) -> str | None:
+    """What makes rows of one model call depend on each other, so that adding rows is unsafe:
+    attn1 replacements that attend across the batch (StyleAlign, reference-only) or block modifiers
+    that index rows by cond/uncond against recorded statistics (reference-only's AdaIN)."""
+    transformer_options = model_options.get("transformer_options", {})
+    if transformer_options.get("patches_replace", {}).get("attn1"):
+        return "another extension's attention replacement (StyleAlign or reference-only)"
+    if transformer_options.get("block_modifiers"):
+        return "another extension's block modifier (e.g. reference-only)"
+    return None
+
+
 def _extra_generic_call(state: Pass, step: StepState, args: dict) -> torch.Tensor:
     if not state.fallback_announced:
         state.fallback_announced = True
-        print("[DeGu] the generic prompt could not join the model batch; running it as a separate call (slower).")
+        print("[DeGu] the generic prompt ran as a separate model call (slower): it could not join the batch.")
     entry = dict(step.generic_entry)
     entry["strength"] = 1.0
     state.extra_calls += 1
