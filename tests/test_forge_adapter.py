@@ -347,3 +347,26 @@ def test_a_foreign_wrapper_that_does_not_chain_falls_back_to_a_separate_call(for
     processed = host.run(p, (forge.DeGuScript(), script_args(**{**ON, "balance": -1.0})), Overwrite())
     assert torch.allclose(torch.stack(list(processed.images)), generic_plain, atol=1e-4)
     assert capsys.readouterr().out.count("could not join the batch") == 1
+
+
+def test_sd35_clip_lg_and_t5_conds_with_the_difference_mask_and_a_note(forge):
+    """SD3.5: dict conds (CLIP-L/G tokens then T5 tokens in one crossattn, pooled L+G vector), an MM-DiT
+    whose attention DeGu cannot read: the difference mask runs and the user is told."""
+    plain, _ = _run(forge, kind="sd35")
+    assert torch.equal(_run(forge, kind="sd35", degu={**ON, "enabled": False})[0], plain)
+    assert torch.allclose(_run(forge, kind="sd35", degu=FULL)[0], plain, atol=1e-5)
+    for extra in ({}, {"cfg_scale": 1.0}, {"enable_hr": True, "hr_scale": 2.0, "hr_cfg": 5.0}):
+        generic, _ = _run(forge, kind="sd35", prompt="a photo of a dog on a beach", **extra)
+        out, processed = _run(forge, kind="sd35", degu={**ON, "balance": -1.0, "mask_source": "difference"}, **extra)
+        _no_errors(processed)
+        assert torch.allclose(out, generic, atol=1e-4)
+    host = harness.make_host("sd35")
+    rows: list[int] = []
+    host.sd_model.forge_objects.unet.model.diffusion_model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(args[0].shape[0]), with_kwargs=True
+    )
+    out, processed = _run(forge, degu={**ON, "context_scale": 2.0}, host=host, batch_size=2)
+    assert rows and all(r == 6 for r in rows)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
+    assert any("cannot be read" in c and "SD3.5" in c for c in processed.p.comments)
+    assert not torch.allclose(out[0], plain[0], atol=1e-3)  # image 1 has the same seed as the single run

@@ -68,7 +68,8 @@ class _JointBlock(torch.nn.Module):
 
 class TinyMMDiT(torch.nn.Module):
     """SD3's MM-DiT layout, tiny: 2x2 patches, joint attention blocks (no cross-attention modules),
-    adaLN conditioning on the timestep and the pooled text vector; ``forward(x, t, context, y)``."""
+    adaLN conditioning on the timestep and the pooled text vector; ``forward(x, t, context, y)`` (a host's
+    further keywords, e.g. Forge's ``control`` and ``transformer_options``, are ignored like its MM-DiT does)."""
 
     def __init__(self, in_channels: int = 16, hidden: int = 32, heads: int = 2, depth: int = 2,
                  context_dim: int = CONTEXT_DIM, pooled_dim: int = 16, patch: int = 2) -> None:
@@ -89,7 +90,9 @@ class TinyMMDiT(torch.nn.Module):
         angles = values.float()[..., None] * frequencies
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor, **host: object
+    ) -> torch.Tensor:
         batch, channels, height, width = x.shape
         p = self.patch
         image = self.x_embedder(x).flatten(2).transpose(1, 2)

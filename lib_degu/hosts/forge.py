@@ -148,14 +148,15 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
 def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[list[int]]) -> AttentionCapture | None:
     diffusion_model = getattr(unet.model, "diffusion_model", None)
     flux = _flux_module(diffusion_model)
-    if not all(positions):
+    cross_attention = diffusion_model is not None and bool(find_cross_attention(diffusion_model))
+    if not cross_attention and flux is None:
+        reason = "this model's attention cannot be read (SD3.5's MM-DiT)"
+    elif not all(positions):
         reason = "the subject's tokens could not be located"
-    elif diffusion_model is not None and find_cross_attention(diffusion_model):
+    elif cross_attention:
         return AttentionCapture(diffusion_model)
-    elif flux is not None:
-        return JointAttentionCapture(flux)
     else:
-        reason = "this model's attention cannot be read (e.g. SD3.5)"
+        return JointAttentionCapture(flux)
     generation.note(p, f"DeGu: attention mask unavailable ({reason}); using the difference mask.")
     return None
 

@@ -191,6 +191,8 @@ class Host:
         """A txt2img ``p`` with small defaults (64x64 px = 8x8 latent, 3 Euler steps, seed 0)."""
         if self.kind == "flux":
             kwargs = {"cfg_scale": 1.0, "scheduler": "Simple", **kwargs}
+        elif self.kind == "sd35":
+            kwargs = {"scheduler": "Simple", **kwargs}
         return make_processing(**kwargs)
 
     def img2img(self, init_latent: Any, **kwargs: Any) -> Any:
@@ -222,7 +224,8 @@ _DEFAULTS: dict[str, Any] = dict(
 
 def make_host(kind: str = "sd15", seed: int = 0) -> Host:
     """Build a tiny ``sd_model`` ("sd15": diffusers tiny UNet + CLIP-like engine; "flux": tiny Flux DiT +
-    CLIP-L/T5-like engines, distilled guidance) and install it as ``shared.sd_model``."""
+    CLIP-L/T5-like engines, distilled guidance; "sd35": tiny MM-DiT + CLIP-L/G and T5-like engines) and
+    install it as ``shared.sd_model``."""
     _require_installed()
     from backend.diffusion_engine.flux import Flux
     from backend.diffusion_engine.sd15 import StableDiffusion
@@ -259,8 +262,26 @@ def make_host(kind: str = "sd15", seed: int = 0) -> Host:
         }
         config = SimpleNamespace(huggingface_repo="black-forest-labs/FLUX.1-dev", inpaint_model=lambda: False)
         sd_model = Flux(config, components)
+    elif kind == "sd35":
+        from backend.diffusion_engine.sd35 import StableDiffusion3
+
+        components = {
+            "transformer": invariant(
+                _sibling("tiny_models").tiny_mmdit(seed, in_channels=16, context_dim=32, pooled_dim=32)
+            ),
+            "text_encoder": invariant(tiny_text.TinyCLIPTextModel(width=16, seed=seed + 1)),
+            "tokenizer": tiny_text.FakeCLIPTokenizer(),
+            "text_encoder_2": invariant(tiny_text.TinyCLIPTextModel(width=16, seed=seed + 3)),
+            "tokenizer_2": tiny_text.FakeCLIPTokenizer(),
+            "text_encoder_3": invariant(tiny_text.TinyT5Encoder(width=32, seed=seed + 2)),
+            "tokenizer_3": tiny_text.FakeT5Tokenizer(),
+        }
+        config = SimpleNamespace(
+            huggingface_repo="stabilityai/stable-diffusion-3.5-medium", inpaint_model=lambda: False
+        )
+        sd_model = StableDiffusion3(config, components)
     else:
-        raise ValueError(f"unknown host kind {kind!r} (sd15 or flux)")
+        raise ValueError(f"unknown host kind {kind!r} (sd15, flux or sd35)")
 
     info = CheckpointInfo(f"tiny-{kind}-{seed}")
     sd_model.sd_checkpoint_info = info

@@ -101,6 +101,40 @@ class Prediction(AbstractPrediction):
         return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
 
 
+# mirrors backend/modules/k_prediction.py: PredictionDiscreteFlow (Forge dfdcbab6), used by SD3.5
+class PredictionDiscreteFlow(AbstractPrediction):
+    def __init__(
+        self, sigma_data: float = 1.0, prediction_type: str = "const", shift: float = 1.0, timesteps: int = 1000
+    ) -> None:
+        super().__init__(sigma_data=sigma_data, prediction_type=prediction_type)
+        self.shift = shift
+        self.register_buffer("sigmas", self.sigma(torch.arange(1, timesteps + 1, 1)))
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma * 1000
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        timestep = timestep / 1000.0
+        if self.shift == 1.0:
+            return timestep
+        return self.shift * timestep / (1 + (self.shift - 1) * timestep)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return 1.0 - percent
+
+
 def _flux_time_shift(mu: float, t: torch.Tensor) -> torch.Tensor:
     return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
 
