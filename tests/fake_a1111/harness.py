@@ -3,6 +3,11 @@
 - ``make_host(seed=0)``: a tiny SD1-style model (``FakeSdModel``: diffusers UNet from
   tests/tiny_models.py, a hashing/nn.Embedding text encoder with 77-token chunks and a tiny
   textual-inversion database) installed as ``modules.shared.sd_model``; resets opts and state.
+  ``make_sdxl_host``: SDXL-shaped (dict conds: two encoders side by side + a vector holding the image
+  size); ``make_sd3_host``: SD3-shaped (a tiny MM-DiT, CLIP chunks then T5 tokens, flow denoiser);
+  ``host_session(arch=...)`` picks one.
+- Samplers: Euler and LCM (k-diffusion), DDIM, DDIM CFG++ and PLMS (CompVis timesteps); the refiner
+  switch (``p.refiner_checkpoint_info = FakeCheckpointInfo(name, loader)``).
 - ``FakeProcessing`` (txt2img, optional hires fix) and ``FakeImg2ImgProcessing`` (latent img2img /
   inpainting): the parts of modules/processing.py's StableDiffusionProcessing* a script sees.
 - ``process_images(p)``: modules/processing.py process_images + process_images_inner, in the real
