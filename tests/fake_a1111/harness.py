@@ -331,14 +331,22 @@ def make_host(seed: int = 0, embeddings: dict[str, int] | None = None) -> FakeSd
     embedding database holding ``embeddings`` (name -> vector count; default ``{"emb_v2": 3}``).
     Registered script callbacks are left alone.
     """
+    return _install_model(
+        lambda: FakeSdModel(tiny_unet(seed).requires_grad_(False), FakeClipEmbedder(seed), name=f"fake-sd1-{seed}"),
+        seed,
+        {"emb_v2": 3} if embeddings is None else embeddings,
+    )
+
+
+def _install_model(build: Any, seed: int, embeddings: dict[str, int]) -> Any:
+    """Fresh opts, state and embedding database, then ``build()`` becomes ``shared.sd_model``."""
     opts.reset()
     state.reset()
     sd_hijack.model_hijack.embedding_db = EmbeddingDatabase()
     sd_hijack.model_hijack.clear_comments()
-    unet = tiny_unet(seed).requires_grad_(False)
-    model = FakeSdModel(unet, FakeClipEmbedder(seed), name=f"fake-sd1-{seed}").eval()
+    model = build().eval()
     shared.sd_model = model
-    for name, vectors in ({"emb_v2": 3} if embeddings is None else embeddings).items():
+    for name, vectors in embeddings.items():
         register_embedding(name, vectors, seed, model)
     script_callbacks.model_loaded_callback(model)
     return model
@@ -990,29 +998,17 @@ def txt2img(p: FakeProcessing) -> FakeProcessed:
 @_while_installed
 def make_sdxl_host(seed: int = 0) -> FakeSdxlModel:
     """Like ``make_host`` with the SDXL-shaped model (dict conds, two text encoders); no embeddings."""
-    opts.reset()
-    state.reset()
-    sd_hijack.model_hijack.embedding_db = EmbeddingDatabase()
-    sd_hijack.model_hijack.clear_comments()
     vector = CONTEXT_DIM // 2 + FakeSdxlModel.SIZE_FEATURES
     unet = tiny_unet(seed, class_embed_type="projection", projection_class_embeddings_input_dim=vector)
-    model = FakeSdxlModel(unet.requires_grad_(False), seed, name=f"fake-sdxl-{seed}").eval()
-    shared.sd_model = model
-    script_callbacks.model_loaded_callback(model)
-    return model
+    return _install_model(lambda: FakeSdxlModel(unet.requires_grad_(False), seed, name=f"fake-sdxl-{seed}"), seed, {})
 
 
 @_while_installed
 def make_sd3_host(seed: int = 0) -> FakeSd3Model:
     """Like ``make_host`` with the SD3-shaped model (MM-DiT, CLIP + T5 tokens); no embeddings."""
-    opts.reset()
-    state.reset()
-    sd_hijack.model_hijack.embedding_db = EmbeddingDatabase()
-    sd_hijack.model_hijack.clear_comments()
-    model = FakeSd3Model(tiny_mmdit(seed).requires_grad_(False), seed, name=f"fake-sd3-{seed}").eval()
-    shared.sd_model = model
-    script_callbacks.model_loaded_callback(model)
-    return model
+    return _install_model(
+        lambda: FakeSd3Model(tiny_mmdit(seed).requires_grad_(False), seed, name=f"fake-sd3-{seed}"), seed, {}
+    )
 
 
 @contextlib.contextmanager
