@@ -109,14 +109,19 @@ class DeGuScript(scripts.Script):
             adapter.undo_pass(p)
             generation.note(p, f"DeGu: could not prepare this pass ({error!r}); made without DeGu.")
 
+    def postprocess_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        # Runs before the host writes this batch's infotexts: the mask that ran reaches the PNG text.
+        generation = getattr(p, "_degu", None)
+        if generation is not None:
+            _record_sources(p, generation.sources_so_far())
+
     def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         generation = getattr(p, "_degu", None)
         p._degu = None
         if generation is None:
             return
         generation.finish(p)
-        if generation.sources:
-            p.extra_generation_params["DeGu mask used"] = ", ".join(sorted(generation.sources))
+        _record_sources(p, generation.sources)
         if generation.settings.show_mask:
             try:
                 add_mask_previews(p, processed, generation)
@@ -135,6 +140,11 @@ class DeGuScript(scripts.Script):
             if hasattr(p, "comment"):
                 p.comment(f"{error}; made without DeGu.")
             return None
+
+
+def _record_sources(p: Any, sources: set[str]) -> None:
+    if sources:
+        p.extra_generation_params["DeGu mask used"] = ", ".join(sorted(sources))
 
 
 def add_mask_previews(p: Any, processed: Any, generation: Any) -> None:

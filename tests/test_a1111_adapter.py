@@ -477,3 +477,11 @@ def test_instructpix2pix_edit_model_steps_aside_with_a_message(host):
         host.cond_stage_key = "crossattn"
     assert torch.equal(processed.latents, plain)
     assert any("InstructPix2Pix" in c and "off" in c for c in processed.p.comments)
+
+
+def test_the_mask_that_ran_is_in_the_image_infotext(host):
+    """postprocess_batch runs before the host writes the infotexts: "DeGu mask used" reaches the PNG."""
+    processed = run({**ON, "context_scale": 1.5})
+    assert "DeGu mask used: attention" in processed.infotexts[0]
+    assert "DeGu subject: sks" in processed.infotexts[0]
+    assert "DeGu mask used" not in run({**ON}, prompt="a photo of a cat").infotexts[0]  # stepped aside

@@ -370,3 +370,10 @@ def test_sd35_clip_lg_and_t5_conds_with_the_difference_mask_and_a_note(forge):
     assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
     assert any("cannot be read" in c and "SD3.5" in c for c in processed.p.comments)
     assert not torch.allclose(out[0], plain[0], atol=1e-3)  # image 1 has the same seed as the single run
+
+
+def test_the_mask_that_ran_is_in_the_image_infotext(forge):
+    _, processed = _run(forge, degu={**ON, "mask_source": "difference"})
+    assert "DeGu mask used: difference" in processed.infotexts[0]
+    _, flux = _run(forge, kind="flux", degu=ON)
+    assert "DeGu mask used: attention" in flux.infotexts[0]

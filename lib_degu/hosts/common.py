@@ -45,6 +45,10 @@ class Generation:
         for guide in self.all_guides:
             self.sources |= guide.sources_used
 
+    def sources_so_far(self) -> set[str]:
+        """The mask sources that ran up to now (host-side sets: no device sync)."""
+        return self.sources.union(*(guide.sources_used for guide in self.all_guides))
+
     def previews(self) -> list[tuple[int, int, Any, float | None]]:
         """(iteration, image in batch, final mask (h, w) on the CPU, subject attention share)."""
         out = []
