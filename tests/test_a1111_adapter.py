@@ -334,10 +334,17 @@ def test_timestep_samplers_hires_and_inpaint(host, sampler):
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
-def test_refiner_switch_steps_aside_after_the_switch_with_a_message(host, sampler):
-    """sd_samplers_common.apply_refiner swaps shared.sd_model mid-sampling and recomputes the conds:
-    DeGu guides the steps before the switch and leaves the refiner's steps to the host."""
+@pytest.mark.parametrize("checkpoints_limit", [1, 2], ids=["weights-into-the-same-model", "new-model-object"])
+def test_refiner_switch_steps_aside_after_the_switch_with_a_message(host, sampler, checkpoints_limit):
+    """sd_samplers_common.apply_refiner loads the refiner mid-sampling and recomputes the host's conds.
+    With the default sd_checkpoints_limit of 1 the refiner's weights go into the same model object
+    (found on the real A1111), with a larger limit a new object replaces it. Either way DeGu guides
+    the steps before the switch and leaves the refiner's steps to the host."""
     from tests.tiny_models import tiny_unet
+
+    base_weights = {k: v.clone() for k, v in host.state_dict().items()}
+    base_info, base_empty = host.sd_checkpoint_info, host.cond_stage_model_empty_prompt
+    shared.opts.sd_checkpoints_limit = checkpoints_limit
 
     def generate(degu, switch_at):
         def load_refiner():
@@ -346,11 +353,14 @@ def test_refiner_switch_steps_aside_after_the_switch_with_a_message(host, sample
         refiner = harness.FakeCheckpointInfo("refiner", loader=load_refiner)
         try:
             return run(degu, sampler_name=sampler, refiner_checkpoint_info=refiner, refiner_switch_at=switch_at)
-        finally:
-            shared.sd_model = host  # the real host reloads the base model at the next generation
+        finally:  # the real host reloads the base checkpoint at the next generation
+            shared.sd_model = host
+            host.load_state_dict(base_weights)
+            host.sd_checkpoint_info, host.cond_stage_model_empty_prompt = base_info, base_empty
 
     plain = generate(None, 0.5)
     assert plain.p.extra_generation_params["Refiner"] == "refiner"
+    assert not torch.equal(plain.latents, run(None, sampler_name=sampler).latents)  # the refiner did act
     assert torch.allclose(generate(FULL, 0.5).latents, plain.latents, atol=1e-4)
     guided = generate({**ON, "context_scale": 2.0, "mask_source": "difference"}, 0.5)
     assert not torch.allclose(guided.latents, plain.latents, atol=1e-3)

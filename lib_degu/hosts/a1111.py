@@ -59,7 +59,7 @@ class Pass:
     identity_rows: list[int]  # per active image: the cond row the attention is read from
     positions: list[list[int]]  # per active image: subject token positions in that row
     guide: Guide
-    model: Any
+    checkpoint: tuple[int, str]  # the model object and checkpoint file this pass was planned for
     capture: AttentionCapture | None = None
     step_plan: StepPlan | None = None
     off: bool = False
@@ -136,7 +136,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         identity_rows=identity_rows,
         positions=positions,
         guide=Guide(settings),
-        model=shared.sd_model,
+        checkpoint=_loaded_checkpoint(),
     )
     source_rows = [0] * len(generic_rows)
     for (image, part), index in generic_rows.items():
@@ -147,6 +147,13 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     generation.remember(p, active, state.guide)
     _patch_sampler(p.sampler, state)
     return state
+
+
+def _loaded_checkpoint() -> tuple[int, str]:
+    """The refiner switch either replaces ``shared.sd_model`` or, with the default
+    ``sd_checkpoints_limit`` of 1, loads new weights into the same object: compare both."""
+    model = shared.sd_model
+    return id(model), str(getattr(getattr(model, "sd_checkpoint_info", None), "filename", ""))
 
 
 def _make_capture(p: Any, generation: Generation, positions: list[list[int]]) -> AttentionCapture | None:
@@ -222,7 +229,7 @@ def on_cfg_denoiser(params: Any) -> None:
     try:
         if not is_active(state.generation.settings, denoiser.step / max(denoiser.total_steps or 1, 1)):
             return
-        if shared.sd_model is not state.model:
+        if _loaded_checkpoint() != state.checkpoint:
             state.off = True
             state.generation.note(
                 state.p, "DeGu: the model changed during sampling (refiner); DeGu is off after the switch."

@@ -29,6 +29,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "enable_quantization": False,
     "inpainting_mask_weight": 1.0,
     "refiner_switch_by_sample_steps": False,
+    "sd_checkpoints_limit": 1,
     "hires_fix_refiner_pass": "second pass",
     "sdxl_refiner_low_aesthetic_score": 2.5,
     "sdxl_refiner_high_aesthetic_score": 6.0,
