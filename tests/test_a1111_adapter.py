@@ -375,6 +375,20 @@ def test_refiner_switch_steps_aside_after_the_switch_with_a_message(host, sample
 LONG = "sks cat on a mat, " + "a very long description of a sunny seaside town, " * 9  # > 75 tokens: 2 chunks
 
 
+def _assert_host_identities() -> torch.Tensor:
+    """On the installed model: DeGu off is bit-identical, mask 1 with scales 1 equals the host, and
+    balance -1 equals plain CFG on the generic prompt at the first pass and at the hires size."""
+    plain = run(None).latents
+    assert torch.equal(run({**ON, "enabled": False}).latents, plain)
+    assert torch.allclose(run(FULL).latents, plain, atol=1e-4)
+    for hires in (False, True):
+        generic_plain = run(None, prompt="a photo of a dog on a beach", enable_hr=hires).latents
+        generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, enable_hr=hires)
+        _no_errors(generic)
+        assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
+    return plain
+
+
 @pytest.fixture
 def sdxl_host():
     with harness.host_session(seed=0, arch="sdxl") as model:
@@ -384,14 +398,7 @@ def sdxl_host():
 def test_sdxl_dict_conds_full_mask_equals_host_and_balance_gives_the_generic_prompt(sdxl_host):
     """SDXL's conds are dicts (crossattn from two encoders + vector with the image size): the generic
     rows carry both keys, made at the pass's size (hires too), in the same model call."""
-    plain = run(None).latents
-    assert torch.equal(run({**ON, "enabled": False}).latents, plain)
-    assert torch.allclose(run(FULL).latents, plain, atol=1e-4)
-    for hires in (False, True):
-        generic_plain = run(None, prompt="a photo of a dog on a beach", enable_hr=hires).latents
-        generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, enable_hr=hires)
-        _no_errors(generic)
-        assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
+    plain = _assert_host_identities()
     calls: list[tuple[int, int]] = []
     handle = sdxl_host.model.diffusion_model.register_forward_pre_hook(
         lambda module, args, kwargs: calls.append((args[0].shape[0], kwargs["class_labels"].shape[0])),
@@ -437,15 +444,8 @@ def test_sd3_clip_and_t5_layout_with_the_difference_mask_and_a_note():
     """SD3 (MM-DiT: no cross-attention to read): dict conds whose crossattn holds the CLIP chunks
     then as many T5 tokens; the attention request falls back to the difference mask and says so."""
     with harness.host_session(seed=0, arch="sd3") as model:
-        plain = run(None).latents
+        plain = _assert_host_identities()
         assert plain.shape == (1, 16, 8, 8)
-        assert torch.equal(run({**ON, "enabled": False}).latents, plain)
-        assert torch.allclose(run(FULL).latents, plain, atol=1e-4)
-        for hires in (False, True):
-            generic_plain = run(None, prompt="a photo of a dog on a beach", enable_hr=hires).latents
-            generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, enable_hr=hires)
-            _no_errors(generic)
-            assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
         calls: list[int] = []
         handle = model.model.diffusion_model.register_forward_pre_hook(
             lambda module, args, kwargs: calls.append(kwargs["context"].shape[0]), with_kwargs=True
