@@ -495,3 +495,16 @@ def test_the_mask_that_ran_is_in_the_image_infotext(host):
     assert "DeGu mask used: attention" in processed.infotexts[0]
     assert "DeGu subject: sks" in processed.infotexts[0]
     assert "DeGu mask used" not in run({**ON}, prompt="a photo of a cat").infotexts[0]  # stepped aside
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "PLMS"])
+def test_prompt_editing_switches_the_generic_rows_at_the_hosts_step(host, sampler):
+    """The generic rows follow the prompt's schedule: balance -1 with "[sks dog:sks cat:1]" equals
+    plain CFG on "[a dog:a cat:1]", step for step (PLMS adds a call, so steps and calls differ)."""
+    prompt, generic_prompt = "a photo of [sks dog:sks cat:1] on a beach", "a photo of [a dog:a cat:1] on a beach"
+    generic_plain = run(None, prompt=generic_prompt, sampler_name=sampler).latents
+    generic = run({**ON, "balance": -1.0, "mask_source": "difference"}, prompt=prompt, sampler_name=sampler)
+    _no_errors(generic)
+    assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
+    unswitched = run(None, prompt="a photo of a dog on a beach", sampler_name=sampler).latents
+    assert not torch.allclose(generic.latents, unswitched, atol=1e-3)  # the switch did happen

@@ -377,3 +377,13 @@ def test_the_mask_that_ran_is_in_the_image_infotext(forge):
     assert "DeGu mask used: difference" in processed.infotexts[0]
     _, flux = _run(forge, kind="flux", degu=ON)
     assert "DeGu mask used: attention" in flux.infotexts[0]
+
+
+def test_prompt_editing_switches_the_generic_rows_at_the_hosts_step(forge):
+    generic_plain, _ = _run(forge, prompt="a photo of [a dog:a cat:1] on a beach", steps=6)
+    settings = {**ON, "balance": -1.0, "mask_source": "difference"}
+    out, processed = _run(forge, prompt="a photo of [sks dog:sks cat:1] on a beach", degu=settings, steps=6)
+    _no_errors(processed)
+    assert torch.allclose(out, generic_plain, atol=1e-4)
+    unswitched, _ = _run(forge, prompt="a photo of a dog on a beach", steps=6)
+    assert not torch.allclose(out, unswitched, atol=1e-4)  # the switch did happen

@@ -24,8 +24,8 @@ from lib_degu import guidance
 from lib_degu.attention import AttentionCapture, find_cross_attention, token_indicator
 from lib_degu.hosts.common import (
     Generation,
+    GenericRows,
     and_parts,
-    generic_batch,
     generic_conds,
     plan_prompts,
     subject_positions,
@@ -54,7 +54,7 @@ class Pass:
     plans: list[ImagePlan]
     active_images: list[int]
     cond_rows: list[list[int]]  # per image: the host's row of each AND part
-    generic_conds: Any  # list of schedules, one per generic row
+    generic: GenericRows  # the generic rows' schedules
     generic_rows: dict[tuple[int, int], int]  # (image, part) -> index among the generic rows
     identity_rows: list[int]  # per active image: the cond row the attention is read from
     positions: list[list[int]]  # per active image: subject token positions in that row
@@ -131,7 +131,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         plans=plans,
         active_images=active,
         cond_rows=cond_rows,
-        generic_conds=generic_conds(p, generation, generic_texts, prompt_parser, sd_samplers),
+        generic=GenericRows(generic_conds(p, generation, generic_texts, prompt_parser, sd_samplers), prompt_parser),
         generic_rows=generic_rows,
         identity_rows=identity_rows,
         positions=positions,
@@ -274,7 +274,7 @@ def _insert_generic_rows(params: Any, state: Pass) -> None:
     expected = sum(len(rows) for rows in state.cond_rows)
     if cond_rows != expected:
         raise ValueError(f"{cond_rows} prompt rows, expected {expected}")
-    generic = _fit_tokens(generic_batch(prompt_parser, state.generic_conds, denoiser.step), text_cond, state)
+    generic = _fit_tokens(state.generic.at(denoiser.step), text_cond, state)
     take = state.generic_source_rows.to(params.x.device)
 
     def insert(rows: torch.Tensor) -> torch.Tensor:

@@ -144,11 +144,33 @@ def generic_conds(
     )
 
 
-def generic_batch(prompt_parser: Any, schedules: list, step: int) -> Any:
-    """The generic rows at ``step``. Prompts in a batch can differ in chunk count, which the host's
-    ``reconstruct_cond_batch`` cannot stack: pad like the host pads its prompt rows (``stack_conds``
-    in ``reconstruct_multicond_batch``: each shorter row's last vector repeated)."""
-    rows = [prompt_parser.reconstruct_cond_batch([schedule], step) for schedule in schedules]
-    if isinstance(rows[0], dict):
-        return prompt_parser.DictWithShape({k: prompt_parser.stack_conds([r[k][0] for r in rows]) for k in rows[0]})
-    return prompt_parser.stack_conds([r[0] for r in rows])
+@dataclass
+class GenericRows:
+    """The generic prompts' rows at a sampling step, from their schedules (one per row).
+
+    The rows change only when a prompt-editing schedule moves to its next entry, so they are stacked
+    again only then. Prompts in a batch can differ in chunk count, which the host's
+    ``reconstruct_cond_batch`` cannot stack: rows are padded like the host pads its prompt rows
+    (``stack_conds`` in ``reconstruct_multicond_batch``: each shorter row's last vector repeated).
+    """
+
+    schedules: list
+    prompt_parser: Any
+    _entries: tuple[int, ...] | None = None
+    _rows: Any = None
+
+    def at(self, step: int) -> Any:
+        # The entry reconstruct_cond_batch picks: the first whose end_at_step is not yet passed.
+        entries = tuple(
+            next((i for i, entry in enumerate(schedule) if step <= entry.end_at_step), 0)
+            for schedule in self.schedules
+        )
+        if entries != self._entries:
+            conds = [schedule[i].cond for schedule, i in zip(self.schedules, entries, strict=True)]
+            stack = self.prompt_parser.stack_conds
+            if isinstance(conds[0], dict):
+                self._rows = self.prompt_parser.DictWithShape({k: stack([c[k] for c in conds]) for k in conds[0]})
+            else:
+                self._rows = stack(conds)
+            self._entries = entries
+        return self._rows

@@ -23,7 +23,14 @@ from backend.sampling.condition import Condition, ConditionCrossAttn, repeat_to_
 from modules import prompt_parser, sd_samplers, shared
 
 from lib_degu.attention import AttentionCapture, JointAttentionCapture, find_cross_attention, token_indicator
-from lib_degu.hosts.common import Generation, and_parts, generic_batch, generic_conds, plan_prompts, subject_positions
+from lib_degu.hosts.common import (
+    Generation,
+    GenericRows,
+    and_parts,
+    generic_conds,
+    plan_prompts,
+    subject_positions,
+)
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
 from lib_degu.step import Guide, is_active
@@ -54,7 +61,7 @@ class Pass:
     generation: Generation
     plans: list[ImagePlan]
     active_images: list[int]
-    generic_conds: Any
+    generic: GenericRows
     positions: list[list[int]]
     guide: Guide
     base_unet: Any
@@ -62,7 +69,6 @@ class Pass:
     step: StepState | None = None
     indicator: torch.Tensor | None = None
     fallback_announced: bool = False
-    extra_calls: int = 0
 
     def __deepcopy__(self, memo: dict) -> Pass:
         return self  # UnetPatcher.clone deep-copies model_options; the pass state stays shared
@@ -127,8 +133,9 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         generation=generation,
         plans=plans,
         active_images=active,
-        generic_conds=generic_conds(
-            p, generation, texts, prompt_parser, sd_samplers, distilled_cfg_scale=_distilled_cfg(p)
+        generic=GenericRows(
+            generic_conds(p, generation, texts, prompt_parser, sd_samplers, distilled_cfg_scale=_distilled_cfg(p)),
+            prompt_parser,
         ),
         positions=positions,
         guide=Guide(generation.settings),
@@ -184,7 +191,7 @@ def _install(unet: Any, state: Pass) -> None:
                 return model, x, timestep, uncond, cond, cond_scale, model_options, seed
             if len(cond) != 1:
                 return model, x, timestep, uncond, cond, cond_scale, model_options, seed
-            generic = generic_batch(prompt_parser, state.generic_conds, denoiser.step)
+            generic = state.generic.at(denoiser.step)
             batch = x.shape[0]
             generic_entry = _generic_entry(cond[0], generic)
             cfg1 = math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
@@ -320,7 +327,6 @@ def _extra_generic_call(state: Pass, step: StepState, args: dict) -> torch.Tenso
         print("[DeGu] the generic prompt ran as a separate model call (slower): it could not join the batch.")
     entry = dict(step.generic_entry)
     entry["strength"] = 1.0
-    state.extra_calls += 1
     generic, _ = forge_sampling.calc_cond_uncond_batch(
         args["model"], [entry], None, args["input"], args["sigma"], args["model_options"]
     )
