@@ -387,3 +387,40 @@ def test_prompt_editing_switches_the_generic_rows_at_the_hosts_step(forge):
     assert torch.allclose(out, generic_plain, atol=1e-4)
     unswitched, _ = _run(forge, prompt="a photo of a dog on a beach", steps=6)
     assert not torch.allclose(out, unswitched, atol=1e-4)  # the switch did happen
+
+
+@pytest.mark.parametrize(
+    ("bad", "source", "split"),
+    [(float("nan"), "difference", False), (float("inf"), "attention", False), (float("nan"), "attention", True)],
+)
+def test_non_finite_generic_rows_cannot_poison_the_hosts_rows(forge, bad, source, split):
+    """Forge's batcher adds the zero-strength generic entry as ``output * 0``, and NaN * 0 = NaN: the
+    generic rows must not reach the host's result (batched or in calls of their own). DeGu then steps
+    aside for those steps and says so."""
+    from backend.sampling import sampling_function
+    from modules import shared
+
+    host = harness.make_host("sd15")
+    if split:
+        sampling_function.FREE_MEMORY = 1  # every entry in its own call
+    plain, _ = _run(forge, host=host, batch_size=2)
+    generic_cond = shared.sd_model.get_learned_conditioning(["a photo of a dog on a beach"])[0]
+    poisoned: list[int] = []
+
+    def poison(module, args, kwargs, output):
+        context = kwargs["encoder_hidden_states"]
+        rows = [r for r in range(context.shape[0]) if torch.equal(context[r], generic_cond.to(context))]
+        out = output[0] if isinstance(output, tuple) else output.sample
+        out[rows] = bad
+        poisoned.extend(rows)
+        return output
+
+    handle = host.unet.model.diffusion_model.register_forward_hook(poison, with_kwargs=True)
+    try:
+        out, processed = _run(forge, degu={**ON, "mask_source": source, "context_scale": 2.0}, host=host, batch_size=2)
+    finally:
+        handle.remove()
+    assert poisoned  # the generic rows ran and were poisoned
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, plain, atol=1e-5)
+    assert any("non-finite values in 6 image-step(s)" in c for c in processed.p.comments)

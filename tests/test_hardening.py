@@ -94,23 +94,34 @@ def test_bad_api_args_are_reported_not_raised(host):
         assert torch.isfinite(processed.latents).all()
 
 
-def test_non_finite_generic_prediction_steps_aside_and_says_so(host):
-    plain = run(None).latents
+@pytest.mark.parametrize(
+    ("bad", "source", "batched"),
+    [(float("nan"), "difference", True), (float("inf"), "attention", True), (float("nan"), "attention", False)],
+)
+def test_non_finite_generic_prediction_steps_aside_and_says_so(host, bad, source, batched):
+    """The generic rows never enter A1111's own combine (it reads the prompt and uncond rows by index),
+    also when batch_cond_uncond is off and they share a call with prompt rows: DeGu's guard is enough."""
+    shared.opts.batch_cond_uncond = batched
+    plain = run(None, batch_size=2).latents
+    generic_cond = host.get_learned_conditioning(["a photo of a dog on a beach"])[0]
     unet = host.model.diffusion_model
+    poisoned: list[int] = []
 
-    def poison(module, args, output):
-        out = output.sample if hasattr(output, "sample") else output
-        if out.shape[0] == 3:  # prompt, generic, uncond rows: poison the generic row only
-            out[1] = float("nan")
+    def poison(module, args, kwargs, output):
+        context = kwargs["encoder_hidden_states"]
+        rows = [r for r in range(context.shape[0]) if torch.equal(context[r], generic_cond)]
+        output.sample[rows] = bad
+        poisoned.extend(rows)
         return output
 
-    handle = unet.register_forward_hook(poison)
+    handle = unet.register_forward_hook(poison, with_kwargs=True)
     try:
-        processed = run({**ON, "mask_source": "difference", "context_scale": 2.0})
+        processed = run({**ON, "mask_source": source, "context_scale": 2.0}, batch_size=2)
     finally:
         handle.remove()
+    assert poisoned
     assert torch.equal(processed.latents, plain)
-    assert any("non-finite values in 4 image-step(s)" in c for c in processed.p.comments)
+    assert any("non-finite values in 8 image-step(s)" in c for c in processed.p.comments)
 
 
 def test_another_combine_denoised_wrapper_still_applies(host):

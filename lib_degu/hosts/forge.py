@@ -245,6 +245,9 @@ def _install(unet: Any, state: Pass) -> None:
         context = [row for row, role in enumerate(role_list) if role == CONTEXT]
         if context:
             step.generic = output[context]
+            # The generic entry has strength 0, but Forge's batcher adds it as ``output * 0`` and
+            # NaN * 0 is NaN: zeroed rows keep a non-finite generic prediction out of the host's result.
+            output = output.index_fill(0, torch.tensor(context, device=output.device), 0.0)
         return output
 
     def post_cfg(args):  # noqa: ANN001, ANN202
