@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -56,3 +57,32 @@ def rows_per_call(unet: torch.nn.Module):
     calls: list[int] = []
     handle = unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     return calls, handle
+
+
+@contextlib.contextmanager
+def created_samplers():
+    """Records every sampler object the host creates (one per pass), so a test can inspect a pass's
+    own sampler and CFGDenoiser after ``closing(p)`` has dropped ``p.sampler``."""
+    with harness.installed():
+        from modules import sd_samplers
+
+    made: list = []
+    original = sd_samplers.create_sampler
+
+    def create_sampler(name, model):
+        made.append(original(name, model))
+        return made[-1]
+
+    sd_samplers.create_sampler = create_sampler
+    try:
+        yield made
+    finally:
+        sd_samplers.create_sampler = original
+
+
+def assert_sampler_clean(sampler) -> None:
+    """No DeGu patch left on a pass's own sampler or its CFGDenoiser (instance attributes only)."""
+    denoiser = sampler.model_wrap_cfg
+    assert "launch_sampling" not in vars(sampler)
+    assert "combine_denoised" not in vars(denoiser)
+    assert not hasattr(denoiser, adapter.PASS_ATTR)

@@ -141,25 +141,19 @@ def test_hooks_and_patches_gone_after_exception_mid_sampling(host):
             raise RuntimeError("boom mid-sampling")
 
     handle = unet.register_forward_pre_hook(explode)
-    samplers = []
     try:
-        with pytest.raises(RuntimeError, match="boom"):
+        with pytest.raises(RuntimeError, match="boom"), a1111_support.created_samplers() as samplers:
             p = harness.FakeProcessing(
                 prompt="sks dog", steps=4, scripts=[degu_script.DeGuScript()], script_args=_args(ON)
             )
             p.scripts.scripts[0].args_from, p.scripts.scripts[0].args_to = 0, 14
-            try:
-                harness.txt2img(p)
-            finally:
-                samplers.append(p.sampler)
+            harness.txt2img(p)
     finally:
         handle.remove()
     assert unet_hook_count(unet) == before
-    sampler = samplers[0]
-    if sampler is not None:
-        assert "launch_sampling" not in vars(sampler)
-        assert "combine_denoised" not in vars(sampler.model_wrap_cfg)
-        assert not hasattr(sampler.model_wrap_cfg, adapter.PASS_ATTR)
+    # The pass's own sampler, kept from before closing(p) dropped p.sampler: every patch is gone.
+    assert len(samplers) == 1 and calls == [1, 1]
+    a1111_support.assert_sampler_clean(samplers[0])
     # The next generation with DeGu off is bit-identical to one without the extension.
     assert torch.equal(run({"enabled": False}).latents, run(None).latents)
 
@@ -173,8 +167,20 @@ def _args(settings):
 def test_no_hooks_or_extra_callbacks_left_after_generations(host):
     unet = host.model.diffusion_model
     before = unet_hook_count(unet)
-    run(ON)
-    run({**ON, "mask_source": "difference"}, enable_hr=True)
+    with a1111_support.created_samplers() as samplers:
+        run(ON)
+        run({**ON, "mask_source": "difference"}, enable_hr=True)
+        interrupt = lambda params: shared.state.interrupt() if params.denoiser.step == 1 else None  # noqa: E731
+        script_callbacks.on_cfg_denoiser(interrupt, name="interrupt")
+        try:
+            run({**ON, "context_scale": 2.0})  # interrupted: the host stops sampling early
+            assert shared.state.interrupted
+        finally:
+            script_callbacks.remove_callbacks_for_function(interrupt)
+            shared.state.interrupted = False
+    assert len(samplers) == 4  # first pass, first pass + hires pass, interrupted pass
+    for sampler in samplers:
+        a1111_support.assert_sampler_clean(sampler)
     assert unet_hook_count(unet) == before
     ours = [c for c in script_callbacks.callback_map["callbacks_cfg_denoiser"] if c.callback is adapter.on_cfg_denoiser]
     assert len(ours) == 1
