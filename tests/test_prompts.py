@@ -86,16 +86,33 @@ def test_fuzz_replacement_changes_only_subject_spans(prompt, subject, generic):
     assert out == "".join(expected)
 
 
+def _spaces(text: str) -> str:
+    return "".join(" " if ch.isspace() else ch for ch in text)
+
+
+def _is_subsequence(short: str, long: str) -> bool:
+    rest = iter(long)
+    return all(ch in rest for ch in short)
+
+
 @settings(max_examples=1500, deadline=None)
 @given(prompt_texts, st.sampled_from(["sks", "sks dog", "<my-dog>"]))
-def test_fuzz_removal_never_raises_and_leaves_no_subject(prompt, subject):
+def test_fuzz_removal_deletes_the_subject_and_only_its_clutter(prompt, subject):
     out = make_generic_prompt(prompt, subject, "")
     assert isinstance(out, str)
     assert not any("\ue000" <= ch <= "\uf8ff" for ch in out) or any("\ue000" <= ch <= "\uf8ff" for ch in prompt)
     assert "  " not in out or "  " in prompt
-    assert len(find_subject(out, subject)) <= len(find_subject(prompt, subject))
-    if not find_subject(prompt, subject):
+    spans = find_subject(prompt, subject)
+    if not spans:
         assert out == prompt
+        return
+    # Removal only deletes: the subject's spans, then whitespace, commas and emptied brackets around
+    # them (a whitespace run may become one space). So the output fits in the prompt without the spans.
+    starts, ends = [start for start, _ in spans] + [len(prompt)], [0] + [end for _, end in spans]
+    kept = "".join(prompt[a:b] for a, b in zip(ends, starts, strict=True))
+    assert len(out) <= len(kept)
+    assert _is_subsequence(_spaces(out), _spaces(kept))
+    assert len(find_subject(out, subject)) <= len(find_subject(prompt, subject))
 
 
 def test_differing_positions_same_and_different_lengths():
