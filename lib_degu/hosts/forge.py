@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -84,20 +85,38 @@ def start_generation(p: Any, settings: DeGuSettings) -> Generation | None:
 
 
 def _text_keys(model: Any) -> tuple[Any, int | None] | None:
-    """The engine whose tokens are the model's text keys, and its chunk length.
+    """The tokenizer whose tokens are the model's text keys, and its chunk length.
 
-    SD1/SD2/SDXL: CLIP chunks of 77 (SDXL's L and G align). Flux: T5 only (no BOS, one padded chunk).
-    SD3.5 (CLIP-L/G then T5, joined) is left to the difference mask.
+    SD1/SD2/SDXL: CLIP chunks of 77 (SDXL's L and G align). Flux, Chroma: T5 only (no BOS, one padded
+    chunk). SD3.5 (CLIP-L/G then T5, joined) is left to the difference mask.
     """
     if hasattr(model, "text_processing_engine_t5"):
         if hasattr(model, "text_processing_engine_g"):
             return None
-        return model.text_processing_engine_t5.tokenize_line, None
+        tokenize = _line_tokenizer(model.text_processing_engine_t5)
+        return (tokenize, None) if tokenize is not None else None
     for name in ("text_processing_engine", "text_processing_engine_l"):
         engine = getattr(model, name, None)
-        if engine is not None:
+        if engine is not None and hasattr(engine, "tokenize_line"):
             return engine.tokenize_line, 77
     return None
+
+
+def _line_tokenizer(engine: Any) -> Any:
+    """``tokenize_line`` of a T5-layout engine: Forge's own, or (Forge Neo, whose ComfyUI-style
+    engines have none) the same (chunks, count) built from ``tokenizer.tokenize_with_weights``."""
+    if hasattr(engine, "tokenize_line"):
+        return engine.tokenize_line
+    tokenizer = getattr(engine, "tokenizer", None)
+    if not callable(getattr(tokenizer, "tokenize_with_weights", None)):
+        return None
+
+    def tokenize_line(text: str) -> tuple[list[Any], int]:
+        batches = tokenizer.tokenize_with_weights(text, disable_weights=True)
+        tokens = [int(pair[0]) for batch in batches for pair in batch]
+        return [SimpleNamespace(tokens=tokens, fixes=[])], len(tokens)
+
+    return tokenize_line
 
 
 def _distilled_cfg(p: Any) -> Any:
@@ -157,7 +176,7 @@ def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[lis
     flux = _flux_module(diffusion_model)
     cross_attention = diffusion_model is not None and bool(find_cross_attention(diffusion_model))
     if not cross_attention and flux is None:
-        reason = "this model's attention cannot be read (SD3.5's MM-DiT)"
+        reason = f"this model's attention cannot be read ({_model_name(diffusion_model)})"
     elif not all(positions):
         reason = "the subject's tokens could not be located"
     elif cross_attention:
@@ -168,14 +187,28 @@ def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[lis
     return None
 
 
+def _model_name(diffusion_model: Any) -> str:
+    if hasattr(shared.sd_model, "text_processing_engine_g") and hasattr(shared.sd_model, "text_processing_engine_t5"):
+        return "SD3.5's MM-DiT"
+    return type(diffusion_model).__name__
+
+
 def _flux_module(diffusion_model: Any) -> Any:
-    """Forge's backend/nn/flux.py when the model is its Flux DiT (blocks call its ``attention``)."""
+    """Forge's backend/nn/flux.py when the model's joint blocks are its blocks (Flux, and Chroma built
+    from them): they call its module-level ``attention`` with text tokens first. Image-first blocks
+    (``flipped_img_txt``) are left to the difference mask."""
     import sys
 
-    module = sys.modules.get(type(diffusion_model).__module__)
-    if module is not None and module.__name__ == "backend.nn.flux" and callable(getattr(module, "attention", None)):
-        return module
-    return None
+    if diffusion_model is None:
+        return None
+    found = None
+    for module in diffusion_model.modules():
+        if getattr(module, "flipped_img_txt", False):
+            return None
+        owner = sys.modules.get(type(module).__module__)
+        if found is None and owner is not None and owner.__name__ == "backend.nn.flux":
+            found = owner if callable(getattr(owner, "attention", None)) else None
+    return found
 
 
 # -- the hooks ---------------------------------------------------------------------------------------
@@ -235,7 +268,7 @@ def _install(unet: Any, state: Pass) -> None:
             text_tokens = c["c_crossattn"].shape[1]
             latent_hw = (int(args["input"].shape[-2]), int(args["input"].shape[-1]))
             run_call = lambda: _call(previous_wrapper, apply_model, args)  # noqa: E731
-            output = state.capture.call(pairs, text_tokens, latent_hw, run_call)
+            output = _joint_call(state, pairs, text_tokens, latent_hw, run_call)
         elif state.capture is not None and pairs:
             state.capture.arm_call(pairs)
             with state.capture:  # hooks exist for this one call only, removed even if it raises
@@ -280,6 +313,22 @@ def _install(unet: Any, state: Pass) -> None:
     options["memory_peak_estimation_modifier"] = lambda shape: estimate([shape[0] * 3 // 2, *shape[1:]])
 
 
+def _joint_call(state: Pass, pairs: list, text_tokens: int, latent_hw: tuple[int, int], run_call: Any) -> Any:
+    """One model call with the joint-attention map read. A layout the capture cannot fold (Forge
+    Neo's Flux Kontext appends reference-image tokens after the image's) fails inside the call: the
+    call is made again without the capture and the pass goes on with the difference mask."""
+    try:
+        return state.capture.call(pairs, text_tokens, latent_hw, run_call)
+    except Exception as error:
+        state.capture = None
+        state.generation.note(
+            state.p,
+            f"DeGu: attention mask unavailable (this model call's attention could not be read: {error!r}); "
+            "using the difference mask.",
+        )
+        return run_call()
+
+
 def _call(previous_wrapper: Any, apply_model: Any, args: dict) -> torch.Tensor:
     if previous_wrapper is not None:
         return previous_wrapper(apply_model, args)
@@ -297,6 +346,11 @@ def _generic_entry(entry: dict, generic: Any) -> dict:
         copy["cross_attn"] = generic["crossattn"]
         if "pooled_output" in copy:
             copy["pooled_output"] = generic["vector"]
+        # Forge Neo turns every other tensor of a dict cond into a model cond (token ids, masks):
+        # the generic rows take the generic prompt's.
+        for key, value in generic.items():
+            if key not in ("crossattn", "vector", "guidance") and key in conds and torch.is_tensor(value):
+                conds[key] = Condition(value)
     else:
         conds["c_crossattn"] = ConditionCrossAttn(generic)
         copy["cross_attn"] = generic
