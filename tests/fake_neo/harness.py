@@ -1,0 +1,103 @@
+"""Harness for the simulated Forge Neo host (tests/fake_neo, an overlay of tests/fake_forge).
+
+The same interface as tests/fake_forge/harness.py -- ``install()``/``uninstall()``/``installed()``,
+``make_host(kind)``, ``Host.processing``/``run`` -- from a second instance of that module's code (its
+own module caches, so the two simulated hosts never share module objects), with this folder first on
+``sys.path``. Kinds: ``sd15`` and ``flux`` (the simulated Forge's models under Neo's backend: Neo's
+T5 engine, batcher, patcher), and Neo's ``chroma``, ``zimage`` (Z-Image-Turbo, CFG 1), ``qwen``
+(Qwen-Image) and ``wan`` (Wan 2.2, 5-D latents). ``sd35`` is refused: Neo dropped SD3.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+from tests.fake_forge import harness as forge_harness
+
+ROOT = str(Path(__file__).resolve().parent)
+
+
+def _second_instance() -> ModuleType:
+    name = "tests.fake_neo._forge_harness"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(forge_harness.__file__))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        module.ROOT = ROOT
+        module._sibling = forge_harness._sibling  # tiny_text, tiny_models, batch_invariance live there
+    return sys.modules[name]
+
+
+_H = _second_instance()
+install, uninstall, installed, is_installed = _H.install, _H.uninstall, _H.installed, _H.is_installed
+attach_scripts, process_images, make_processing = _H.attach_scripts, _H.process_images, _H.make_processing
+
+_CFG_ONE = {"zimage"}  # Z-Image-Turbo runs at CFG 1 (no uncond)
+_FLOW = {"flux", "chroma", "zimage", "qwen", "wan"}
+
+
+class Host(_H.Host):
+    def processing(self, **kwargs: Any) -> Any:
+        if self.kind in _FLOW:
+            kwargs = {"scheduler": "Simple", **kwargs}
+        if self.kind in _CFG_ONE:
+            kwargs = {"cfg_scale": 1.0, **kwargs}
+        return super().processing(**kwargs)
+
+
+def reset_host_state() -> None:
+    _H.reset_host_state()
+    from backend.sampling import sampling_function
+
+    sampling_function._FORGE.FREE_MEMORY = float("inf")
+
+
+def make_host(kind: str = "sd15", seed: int = 0) -> Host:
+    """A tiny ``sd_model`` of a Forge Neo family, installed as ``shared.sd_model``."""
+    if kind == "sd35":
+        raise ValueError("Forge Neo has no SD3/SD3.5 engine")
+    if kind in ("sd15", "flux"):
+        host = _H.make_host(kind, seed)
+        reset_host_state()
+        return Host(kind, host.sd_model)
+    engines = {"chroma": "chroma.Chroma", "zimage": "zimage.ZImage", "qwen": "qwen.QwenImage", "wan": "wan.Wan"}
+    if kind not in engines:
+        raise ValueError(f"unknown host kind {kind!r} (sd15, flux, chroma, zimage, qwen or wan)")
+    import importlib
+
+    from modules import shared
+    from modules.sd_models import CheckpointInfo
+
+    from tests.fake_neo import tiny_dit
+
+    reset_host_state()
+    tiny_text = forge_harness._sibling("tiny_text")
+    invariant = forge_harness._sibling("batch_invariance").make_batch_invariant
+    if kind == "chroma":
+        from backend.nn.chroma import tiny_chroma
+
+        network = tiny_chroma(seed)
+    else:
+        network = tiny_dit.tiny_joint_dit(seed)
+    components = {
+        "transformer": invariant(network),
+        "text_encoder": invariant(tiny_text.TinyT5Encoder(width=32, seed=seed + 2)),
+        "tokenizer": tiny_text.FakeT5Tokenizer(),
+    }
+    module_name, class_name = engines[kind].split(".")
+    engine = getattr(importlib.import_module(f"backend.diffusion_engine.{module_name}"), class_name)
+    sd_model = engine(SimpleNamespace(huggingface_repo=f"neo/{kind}", inpaint_model=lambda: False), components)
+    info = CheckpointInfo(f"tiny-neo-{kind}-{seed}")
+    sd_model.sd_checkpoint_info = info
+    sd_model.filename = info.filename
+    sd_model.sd_model_hash = info.calculate_shorthash()
+    sd_model.extra_generation_params = {}
+    sd_model.comments = []
+    shared.sd_model = sd_model
+    return Host(kind, sd_model)
