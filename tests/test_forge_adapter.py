@@ -203,8 +203,22 @@ def test_split_batches_still_find_the_generic_rows(forge):
     assert torch.allclose(split, batched, atol=1e-4)
 
 
-def test_settings_names_match_script_args():
-    assert len(script_args(**ON)) == len(DeGuSettings.names())
+def test_the_forge_script_reads_every_positional_arg_into_its_own_field(forge):
+    """Positional API/UI args reach the Forge script's settings field by field: every value differs
+    from its default and from the others, and the infotext the run writes gives them all back."""
+    custom = DeGuSettings(
+        enabled=True, subject="sks", generic="a", identity_scale=1.25, context_scale=0.75, balance=-0.25,
+        mask_source="difference", threshold=0.4, softness=0.15, blur=2.5, ema=0.45, start=0.05, end=0.95,
+        show_mask=True,
+    )
+    defaults = DeGuSettings()
+    assert all(getattr(custom, name) != getattr(defaults, name) for name in DeGuSettings.names())
+    numbers = [getattr(custom, name) for name in DeGuSettings.names() if isinstance(getattr(custom, name), float)]
+    assert len(set(numbers)) == len(numbers)  # a swapped pair of fields cannot go unnoticed
+    _, processed = _run(forge, degu={name: getattr(custom, name) for name in DeGuSettings.names()})
+    _no_errors(processed)
+    assert DeGuSettings.from_infotext(processed.p.extra_generation_params) == custom.replace(show_mask=False)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
 
 
 def test_a_sampler_cfg_function_still_applies(forge):
@@ -230,7 +244,8 @@ def test_a_sampler_cfg_function_still_applies(forge):
     assert torch.allclose(torch.stack(list(both.images)), torch.stack(list(alone.images)), atol=1e-5)
 
 
-def test_soak_forge(forge, request):
+@pytest.mark.slow
+def test_soak_forge(forge, soak_generations):
     import random
 
     rng = random.Random(11)
@@ -238,7 +253,7 @@ def test_soak_forge(forge, request):
     model = host.unet.model.diffusion_model
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     options = repr(sorted(host.unet.model_options))
-    for _ in range(300 if request.config.getoption("--soak-long") else 100):
+    for _ in range(soak_generations(100)):
         degu = None
         if rng.random() < 0.85:
             degu = {

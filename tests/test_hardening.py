@@ -24,6 +24,7 @@ junk = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=10_000, deadline=None)
 @given(st.lists(junk, max_size=16), st.text(max_size=80), st.text(max_size=12), st.text(max_size=6))
 def test_fuzz_settings_and_prompts_never_raise_anything_but_a_clear_value_error(args, prompt, subject, generic):
@@ -208,5 +209,6 @@ def _soak(generations: int, seed: int) -> None:
     assert torch.equal(run({"enabled": False}).latents, run(None).latents)
 
 
-def test_soak_a1111(host, request):
-    _soak(1000 if request.config.getoption("--soak-long") else 200, seed=7)
+@pytest.mark.slow
+def test_soak_a1111(host, soak_generations):
+    _soak(soak_generations(200), seed=7)
