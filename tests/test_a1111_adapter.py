@@ -228,12 +228,18 @@ def test_show_mask_appends_one_preview_per_guided_image(host):
 
     generation = Generation(DeGuSettings(**ON, show_mask=True))
     guide = Guide(generation.settings)
+    zeros = torch.zeros(1, 4, 8, 8)
+    hot = torch.full((1, 4, 4), 0.1)
+    hot[0, 0, :2] = 0.9  # a map that varies: mean 0.2, max 0.9
+    guide(zeros, zeros, zeros, cfg_scale=5.0, attention=hot)
+    guide(zeros, zeros, zeros, cfg_scale=5.0, attention=torch.full((1, 4, 4), 0.3))
     guide.last_mask = torch.ones(1, 1, 8, 8)
     p = harness.FakeProcessing(prompt="x", batch_size=2)
     generation.remember(p, [1], guide)  # only image 2 was guided
     target = Processed()
     degu_script.add_mask_previews(p, target, generation)
-    assert len(target.images) == 3 and target.infotexts[2].startswith("DeGu mask\ntwo")
+    # The caption: the subject's share of attention, the mean over pixels and steps ((0.2 + 0.3) / 2).
+    assert len(target.images) == 3 and target.infotexts[2].startswith("DeGu mask, subject attention 25.0%\ntwo")
     assert target.images[2].getpixel((40, 40))[0] > 150  # mask 1: red
 
 

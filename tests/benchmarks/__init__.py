@@ -1,1 +1,0 @@
-"""Benchmarks: run explicitly (``python -m tests.benchmarks.<name>``), never by the default pytest run."""
