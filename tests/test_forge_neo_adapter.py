@@ -1,0 +1,209 @@
+"""The Forge adapter and script inside the simulated Forge Neo host (tests/fake_neo; docs/forge_neo.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tests.a1111_support import SCRIPT_PATH, script_args
+from tests.fake_neo import harness
+
+PURGE = ("lib_degu.hosts.forge", "degu_neo_script")
+ON = {"enabled": True, "subject": "sks", "generic": "a"}
+FULL = {**ON, "mask_source": "full"}
+PROMPT, GENERIC_PROMPT = "a photo of sks dog on a beach", "a photo of a dog on a beach"
+FAMILIES = ["sd15", "flux", "chroma", "zimage", "qwen", "wan"]
+
+
+@pytest.fixture(autouse=True)
+def neo():
+    harness.install(also_purge=PURGE)
+    try:
+        spec = importlib.util.spec_from_file_location("degu_neo_script", SCRIPT_PATH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        harness.uninstall()
+
+
+def _run(script_module, kind="sd15", degu=None, host=None, **kwargs):
+    host = host or harness.make_host(kind)
+    kwargs.setdefault("prompt", PROMPT)
+    p = host.processing(**kwargs)
+    scripts = [] if degu is None else [(script_module.DeGuScript(), script_args(**degu))]
+    processed = host.run(p, *scripts)
+    processed.p = p
+    return torch.stack(list(processed.images)), processed
+
+
+def _no_errors(processed):
+    assert not [c for c in processed.p.comments if "error" in c.lower() or "could not" in c.lower()]
+
+
+def _same(a, b) -> bool:
+    """Deep equality of model_options: containers by content, tensors by value, the rest by identity."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and torch.equal(a, b)
+    return a is b
+
+
+def test_neo_is_found_by_capability(neo):
+    from backend.sampling import sampling_function
+
+    assert neo.HOST == "forge"  # Neo keeps Forge's backend: the same adapter, chosen by what imports
+    assert "extra_model_options" in sampling_function.sampling_function.__code__.co_varnames
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_disabled_is_bit_identical(neo, kind):
+    plain, _ = _run(neo, kind)
+    off, _ = _run(neo, kind, degu={"enabled": False, "subject": "sks"})
+    assert torch.equal(off, plain)
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_full_mask_unit_scales_equals_neos_result(neo, kind):
+    plain, _ = _run(neo, kind)
+    out, processed = _run(neo, kind, degu=FULL)
+    _no_errors(processed)
+    assert torch.allclose(out, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_balance_minus_one_equals_plain_cfg_on_the_generic_prompt(neo, kind):
+    """Guided families by the CFG formula, Flux / Z-Image-Turbo (CFG 1) by the no-uncond one, Wan's
+    5-D latents with the mask broadcast over frames: M = 0 leaves the generic prompt's result."""
+    generic, _ = _run(neo, kind, prompt=GENERIC_PROMPT)
+    out, processed = _run(neo, kind, degu={**ON, "balance": -1.0, "mask_source": "difference"})
+    _no_errors(processed)
+    assert out.shape == generic.shape
+    assert torch.allclose(out, generic, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kind", "mask", "extra"),
+    [
+        ("sd15", "attention", {}),
+        ("flux", "attention", {}),
+        ("chroma", "attention", {}),
+        ("zimage", "difference", {}),
+        ("qwen", "difference", {}),
+        ("wan", "difference", {"batch_size": 2}),
+    ],
+)
+def test_each_family_is_guided_with_the_mask_it_can_have(neo, kind, mask, extra):
+    """Attention where the subject's keys and the attention can be read (Flux's keys through Neo's
+    tokenize_with_weights, Chroma through the flux blocks it is built from); elsewhere the difference
+    mask and one note naming the model, never an error."""
+    plain, _ = _run(neo, kind, **extra)
+    out, processed = _run(neo, kind, degu={**ON, "context_scale": 2.0, "identity_scale": 0.5}, **extra)
+    _no_errors(processed)
+    assert processed.p.extra_generation_params["DeGu mask used"] == mask
+    notes = [c for c in processed.p.comments if "attention mask unavailable" in c]
+    if mask == "attention":
+        assert not notes
+    else:
+        assert len(notes) == 1 and "TinyJointDiT" in notes[0]
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out, plain, atol=1e-4)
+
+
+def test_wan_video_latents_are_guided_per_frame(neo, monkeypatch):
+    from lib_degu import guidance
+
+    shapes = []
+    broadcast = guidance.broadcast_mask
+    record = lambda m, like: shapes.append((m.shape, like.shape)) or broadcast(m, like)  # noqa: E731
+    monkeypatch.setattr(guidance, "broadcast_mask", record)
+    host = harness.make_host("wan")
+    out, _ = _run(neo, host=host, degu={**ON, "context_scale": 2.0})
+    assert out.dim() == 5 and out.shape[2] == host.sd_model.latent_frames
+    assert shapes and all(m == (1, 1, *like[-2:]) and len(like) == 5 for m, like in shapes)  # one (H, W) mask
+
+
+def test_a_neo_sampler_post_cfg_option_still_applies_on_top_of_degu(neo):
+    """Euler CFG++ puts its post-CFG function and disable_cfg1_optimization into the options it passes
+    to CFGDenoiser.forward; Neo joins them after the patcher's. DeGu's result must still reach them."""
+    cfgpp = {"sampler_name": "Euler CFG++", "cfg_scale": 1.5}
+    plain, _ = _run(neo, **cfgpp)
+    euler, _ = _run(neo, cfg_scale=1.5)
+    assert not torch.allclose(plain, euler, atol=1e-3)  # the CFG++ post-CFG function matters
+    full, processed = _run(neo, degu=FULL, **cfgpp)
+    _no_errors(processed)
+    assert torch.allclose(full, plain, atol=1e-5)
+    generic, _ = _run(neo, prompt=GENERIC_PROMPT, **cfgpp)
+    out, _ = _run(neo, degu={**ON, "balance": -1.0, "mask_source": "difference"}, **cfgpp)
+    assert torch.allclose(out, generic, atol=1e-4)
+
+
+def test_nothing_left_on_the_shared_patcher(neo):
+    """Deep compare of the shared UnetPatcher's model_options (and the network's hooks) after plain and
+    DeGu runs: every DeGu hook lived on a clone."""
+    from backend import utils
+
+    for kind in ("sd15", "flux"):
+        host = harness.make_host(kind)
+        plain, _ = _run(neo, host=host)
+        before = utils.deepcopy_(host.unet.model_options)
+        model = host.unet.model.diffusion_model
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+        _run(neo, host=host, degu={**ON, "mask_source": "attention"})
+        _run(neo, host=host, degu=ON, enable_hr=True, hr_scale=2.0, hr_cfg=5.0)
+        _run(neo, host=host, degu=ON, sampler_name="Euler CFG++")
+        assert _same(host.unet.model_options, before)
+        assert torch.equal(_run(neo, host=host)[0], plain)  # and the next generation without DeGu is as before
+        assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
+
+
+def test_generic_rows_take_the_generic_prompts_extra_tensor_conds(neo):
+    """Neo's compile_conditions turns every other tensor of a dict cond (token ids, masks) into a model
+    cond: DeGu's generic entry must carry the generic prompt's, not the prompt's."""
+    from backend.sampling.condition import compile_conditions
+    from modules.prompt_parser import DictWithShape
+
+    from lib_degu.hosts import forge as adapter
+
+    prompt = {"crossattn": torch.zeros(1, 4, 8), "vector": torch.zeros(1, 2), "token_ids": torch.ones(1, 4)}
+    entry = compile_conditions(prompt)[0]
+    assert "token_ids" in entry["model_conds"]
+    generic = DictWithShape(
+        {"crossattn": torch.ones(1, 4, 8), "vector": torch.ones(1, 2), "token_ids": torch.zeros(1, 4)}
+    )
+    generic_entry = adapter._generic_entry(entry, generic)
+    assert torch.equal(generic_entry["model_conds"]["token_ids"].cond, generic["token_ids"])
+    assert torch.equal(generic_entry["model_conds"]["c_crossattn"].cond, generic["crossattn"])
+    assert torch.equal(entry["model_conds"]["token_ids"].cond, prompt["token_ids"])  # the prompt's entry is untouched
+
+
+def test_a_call_whose_joint_attention_cannot_be_folded_falls_back_to_the_difference_mask(neo):
+    """Neo's Flux Kontext appends reference-image tokens after the image's: the joint-attention map
+    cannot be folded onto the latent. DeGu says so once and goes on with the difference mask."""
+    import torch.nn.functional as F
+
+    def kontext_host():
+        host = harness.make_host("flux")
+        network = host.unet.model.diffusion_model
+        inner = network.inner_forward
+
+        def with_reference(img, img_ids, *args, **kwargs):  # Neo: out[:, :img_tokens] after the DiT
+            tokens = img.shape[1]
+            img = torch.cat([img, F.pad(img[:, :3], (0, 0))], dim=1)
+            img_ids = torch.cat([img_ids, img_ids[:, :3] + 100], dim=1)
+            return inner(img, img_ids, *args, **kwargs)[:, :tokens]
+
+        network.inner_forward = with_reference
+        return host
+
+    settings = {**ON, "identity_scale": 0.5}
+    out, processed = _run(neo, host=kontext_host(), degu=settings)
+    difference, _ = _run(neo, host=kontext_host(), degu={**settings, "mask_source": "difference"})
+    assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
+    assert len([c for c in processed.p.comments if "attention could not be read" in c]) == 1
+    assert torch.allclose(out, difference, atol=1e-6)
