@@ -2,9 +2,9 @@
 
 Run from the repository root:
 
-    python -m tests.benchmarks.step_cost                  # SD1.5-size UNet at 32x32 and 64x64 latents (+ SDXL)
-    python -m tests.benchmarks.step_cost --quick          # tiny models, a smoke run of every code path
-    python -m tests.benchmarks.step_cost --device cuda --dtype float16
+    python -m lab.step_cost                  # SD1.5-size UNet at 32x32 and 64x64 latents (+ SDXL)
+    python -m lab.step_cost --quick          # tiny models, a smoke run of every code path
+    python -m lab.step_cost --device cuda --dtype float16
 
 Every generation goes through ``tests/fake_a1111`` (``harness.txt2img``): the DeGu script's
 ``process_before_every_sampling``, the adapter's ``on_cfg_denoiser`` row insertion, its
@@ -25,7 +25,7 @@ Variants, interleaved round by round (same model, sampler, size, seed; order rev
                    rows on every step, so plain runs 1 row (Flux-style single evaluation) and DeGu 2 rows
                    (s and g) with its no-uncond formula ``g + a_id * M * (s - g)`` (attention mask)
 
-Nothing here is imported by the default pytest run (the file has no ``test_`` prefix).
+Only its smoke test (tests/test_step_cost_smoke.py) runs in the default pytest run.
 """
 
 from __future__ import annotations
@@ -553,7 +553,7 @@ def memory_child(payload: str) -> None:
 
 
 def memory_in_subprocess(job: dict[str, Any], timeout: float) -> tuple[dict[str, Any] | None, str | None]:
-    command = [sys.executable, "-m", "tests.benchmarks.step_cost", "--memory-child", json.dumps(job)]
+    command = [sys.executable, "-m", "lab.step_cost", "--memory-child", json.dumps(job)]
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -993,7 +993,7 @@ def print_method(args: argparse.Namespace, device: torch.device, dtype: torch.dt
 
 # -- main ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.step_cost", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.step_cost", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--models", default=None, help="comma list of sd15, sdxl, tiny (default sd15,sdxl)")

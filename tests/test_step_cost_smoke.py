@@ -7,7 +7,7 @@ import contextlib
 import io
 import re
 
-from tests.benchmarks import step_cost
+from lab import step_cost
 
 
 def test_quick_run_ends_with_a_parseable_ratio_line():
