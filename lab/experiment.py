@@ -1,0 +1,264 @@
+"""The quality experiment: does mixing identity and context guidance per pixel beat mixing globally?
+
+    python -m lab.experiment                                # every method x subject, test split
+    python -m lab.experiment --methods lora --seeds 0 1     # a subset
+    python -m lab.experiment --subjects sks:circle:purple:striped:teal:checkered --split dev
+
+For every personalisation method x subject, prompts put the subject into contexts it was never
+trained in (other backgrounds and textures, a second object), over several seeds, and each variant
+is scored by the judge (``lab.scoring``):
+
+- ``prompt``   plain CFG on the prompt as written (the personalised model alone)
+- ``generic``  plain CFG on the generic prompt (the subject word removed)
+- ``global M`` DeGu with the full mask at a constant M (balance M - 1): the global mix that
+               subject-agnostic guidance and dual CFG give; M = 1 is ``prompt``, M = 0 ``generic``
+- ``difference`` / ``attention``  DeGu's spatial masks at the defaults; ``attention b=..`` sweeps
+               the balance, ``attention id=..`` the identity scale
+
+The table gives mean fidelity, editability and mask IoU/AUROC (against the subject's region in the
+image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
+fidelity at the same editability (linear between the global points). The last line is for scripts:
+``quality iou=<mean IoU at the defaults> advantage=<mean advantage>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lab import judge as lab_judge
+from lab import model as lab_model
+from lab import personalise, scenes, scoring
+from lab.sampling import sample
+from lab.scoring import Context
+from lab.subjects import SUBJECTS, Subject
+from lib_degu.settings import DeGuSettings
+
+GLOBAL_LEVELS = (0.75, 0.5, 0.25)
+BALANCE_SWEEP = (-0.5, -0.25, 0.25, 0.5)
+IDENTITY_SWEEP = (1.5,)
+STEP_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def contexts(subject: Subject, split: str) -> list[Context]:
+    """Held-out contexts: never the subject's training background; a second object of another shape.
+
+    The same list for every subject but its own context, alternating into the dev and test splits.
+    """
+    others = [s for s in scenes.SHAPES if s != subject.shape]
+    candidates = []
+    for i, (background, texture) in enumerate(
+        (b, t) for b in scenes.BACKGROUND_COLOURS for t in scenes.TEXTURES
+        if b != subject.background and t != subject.texture
+    ):
+        other = None
+        if i % 3 == 2:
+            colour = list(scenes.OBJECT_COLOURS)[i % len(scenes.OBJECT_COLOURS)]
+            if colour == subject.colour:
+                colour = "white" if subject.colour != "white" else "red"
+            other = scenes.Thing(shape=others[i % len(others)], colour=colour)
+        candidates.append(Context(background, texture, other))
+    chosen = candidates[:: max(1, len(candidates) // 8)][:8]
+    if split == "all":
+        return chosen
+    return chosen[0::2] if split == "dev" else chosen[1::2]
+
+
+def degu_settings(subject: Subject, **changes: object) -> DeGuSettings:
+    return DeGuSettings(enabled=True, subject=subject.token, generic="", **changes)
+
+
+@dataclass
+class Row:
+    method: str
+    subject: str
+    variant: str
+    fidelity: float
+    editability: float
+    iou: float | None = None
+    auroc: float | None = None
+    coverage: float | None = None  # mean of the final mask: 1.0 is the global "all identity"
+    iou_by_step: dict[str, float] | None = None
+
+
+def run_variant(
+    model: lab_model.Miniature,
+    judge: lab_judge.Judge,
+    subject: Subject,
+    cases: Sequence[tuple[Context, int]],
+    settings: DeGuSettings | None,
+    *,
+    generic_prompt: bool = False,
+) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    words = subject.shape if generic_prompt else f"{subject.token} {subject.shape}"
+    prompts = [context.prompt(words) for context, _ in cases]
+    result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=settings is not None)
+    reading = lab_judge.read(judge, result.images)
+    return {
+        "fidelity": scoring.fidelity(reading, subject),
+        "editability": scoring.editability(reading, [context for context, _ in cases]),
+        "region": scoring.region_at_latent(scoring.subject_region(reading, subject), lab_model.LATENT_SIZE),
+        "masks": result.masks,
+        "images": result.images,
+    }
+
+
+def _mean(values: torch.Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+def summarise(method: str, subject: Subject, variant: str, out: dict) -> Row:
+    row = Row(method, subject.token, variant, _mean(out["fidelity"]), _mean(out["editability"]))
+    masks = out["masks"]
+    if masks:
+        final, region = masks[-1], out["region"]
+        row.iou = _mean(scoring.iou(final, region))
+        row.auroc = _mean(scoring.auroc(final[:, 0], region))
+        row.coverage = float(final.mean())
+        row.iou_by_step = {
+            f"{fraction:g}": _mean(scoring.iou(masks[max(0, round(fraction * len(masks)) - 1)], region))
+            for fraction in STEP_FRACTIONS
+        }
+    return row
+
+
+def global_fidelity_at(rows: Sequence[Row], editability: float) -> float:
+    """The global mix's fidelity at ``editability``, linear between its points (clamped at the ends)."""
+    points = sorted((r.editability, r.fidelity) for r in rows)
+    if editability <= points[0][0]:
+        return points[0][1]
+    for (e0, f0), (e1, f1) in zip(points, points[1:], strict=False):
+        if e0 <= editability <= e1:
+            return f0 if e1 == e0 else f0 + (f1 - f0) * (editability - e0) / (e1 - e0)
+    return points[-1][1]
+
+
+def advantage(rows: Sequence[Row], variant: str = "attention") -> float:
+    curve = [r for r in rows if r.variant in ("prompt", "generic") or r.variant.startswith("global")]
+    point = next(r for r in rows if r.variant == variant)
+    return point.fidelity - global_fidelity_at(curve, point.editability)
+
+
+def run_pair(
+    model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
+    cases: Sequence[tuple[Context, int]], *, sweep: bool = True,
+) -> list[Row]:
+    variants: list[tuple[str, DeGuSettings | None, bool]] = [
+        ("prompt", None, False),
+        ("generic", None, True),
+        *((f"global {m:g}", degu_settings(subject, mask_source="full", balance=m - 1), False) for m in GLOBAL_LEVELS),
+        ("difference", degu_settings(subject, mask_source="difference"), False),
+        ("attention", degu_settings(subject), False),
+    ]
+    if sweep:
+        variants += [(f"attention b={b:g}", degu_settings(subject, balance=b), False) for b in BALANCE_SWEEP]
+        variants += [(f"attention id={a:g}", degu_settings(subject, identity_scale=a), False) for a in IDENTITY_SWEEP]
+    return [
+        summarise(method, subject, name, run_variant(model, judge, subject, cases, settings, generic_prompt=generic))
+        for name, settings, generic in variants
+    ]
+
+
+def table(rows: Sequence[Row]) -> str:
+    """Per variant, the mean over method x subject pairs."""
+    names = list(dict.fromkeys(r.variant for r in rows))
+    lines = [f"{'variant':<18} {'fidelity':>8} {'edit':>6} {'IoU':>6} {'AUROC':>6} {'cover':>6}"]
+    for name in names:
+        group = [r for r in rows if r.variant == name]
+
+        def mean(key: str, group: list[Row] = group) -> str:
+            values = [getattr(r, key) for r in group if getattr(r, key) is not None]
+            return f"{statistics.fmean(values):.3f}" if values else "-"
+
+        lines.append(f"{name:<18} {mean('fidelity'):>8} {mean('editability'):>6} {mean('iou'):>6} "
+                     f"{mean('auroc'):>6} {mean('coverage'):>6}")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Row], path: Path) -> None:
+    """Fidelity vs editability, mean over method x subject: the global mix and the attention mask's
+    balance sweep as curves (both end at plain CFG on the prompt and on the generic prompt)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def point(name: str) -> tuple[float, float]:
+        group = [r for r in rows if r.variant == name]
+        return statistics.fmean(r.editability for r in group), statistics.fmean(r.fidelity for r in group)
+
+    names = set(r.variant for r in rows)
+    figure, axes = plt.subplots(figsize=(6, 4.5), dpi=110)
+    curves = {
+        "global mix (full mask, constant M)":
+            ["prompt"] + [f"global {m:g}" for m in GLOBAL_LEVELS] + ["generic"],
+        "DeGu attention mask (balance sweep)":
+            ["prompt"] + [f"attention b={b:g}" for b in sorted(BALANCE_SWEEP, reverse=True) if b > 0]
+            + ["attention"] + [f"attention b={b:g}" for b in sorted(BALANCE_SWEEP, reverse=True) if b < 0]
+            + ["generic"],
+    }
+    for label, variants in curves.items():
+        xs, ys = zip(*(point(v) for v in variants if v in names), strict=True)
+        axes.plot(xs, ys, marker="o", label=label)
+    for name, marker, label in (("difference", "s", "DeGu difference mask"), ("attention", "*", "attention, defaults")):
+        if name in names:
+            axes.plot(*point(name), marker=marker, markersize=12, linestyle="none", label=label)
+    for name, text in (("prompt", "plain CFG, prompt"), ("generic", "plain CFG, generic prompt")):
+        axes.annotate(text, point(name), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    axes.set_xlabel("editability (context as prompted)")
+    axes.set_ylabel("fidelity (subject's appearance)")
+    axes.set_title("Held-out contexts, mean over methods x subjects")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=list(personalise.METHODS), choices=personalise.METHODS)
+    parser.add_argument("--subjects", nargs="+", type=Subject.parse, default=list(SUBJECTS),
+                        help="token:shape:colour:striped|solid:background:texture (models must exist)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument("--split", choices=("dev", "test", "all"), default="test")
+    parser.add_argument("--no-sweep", action="store_true", help="only the global curve and the defaults")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--plot", type=Path, help="write the fidelity-vs-editability plot here (needs matplotlib)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    base, judge = lab_model.load(), lab_judge.load()
+    rows: list[Row] = []
+    advantages = []
+    for subject in args.subjects:
+        cases = [(context, seed) for context in contexts(subject, args.split) for seed in args.seeds]
+        for method in args.methods:
+            pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
+                            sweep=not args.no_sweep)
+            rows += pair
+            advantages.append(advantage(pair))
+            attention = next(r for r in pair if r.variant == "attention")
+            print(f"{method:<10} {subject.token:<5} advantage {advantages[-1]:+.3f}  IoU {attention.iou:.3f}  "
+                  f"coverage {attention.coverage:.2f}", flush=True)
+    print()
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    if args.plot:
+        plot(rows, args.plot)
+    iou = statistics.fmean(r.iou for r in rows if r.variant == "attention")
+    print(f"({len(rows)} rows, {time.perf_counter() - started:.0f} s)")
+    print(f"quality iou={iou:.3f} advantage={statistics.fmean(advantages):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Does the miniature draw what it is asked for? Per attribute, the share of images that have it.
+
+    python -m lab.prompt_following                 # the base model, 96 held-out captions
+    python -m lab.prompt_following --personalised  # + each subject learned / class word kept
+
+Captions are drawn like the training ones from a seed the trainer never used. An attribute counts as
+followed when the judge finds it: the named shape (at least ``MIN_REGION`` pixels), its colour and
+pattern (the majority inside that shape's pixels), the background colour and texture (the majority
+of the background pixels). For personalised models: *learned* is the share of samples in the
+subject's training context whose subject has the subject's appearance (fidelity >= 0.5); *class
+kept* is the share of generic-prompt samples ("a circle ...") that show the subject anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lab import judge as lab_judge
+from lab import model as lab_model
+from lab import personalise, scenes, scoring
+from lab.sampling import sample
+from lab.subjects import EXCLUDED, SUBJECTS, Subject
+
+HELD_OUT_SEED = 12345
+
+
+def _majority(values: torch.Tensor, where: torch.Tensor) -> int:
+    picked = values[where]
+    return int(picked.mode().values) if len(picked) else -1
+
+
+def follow_rates(model: lab_model.Miniature, judge: lab_judge.Judge, count: int, seed: int = HELD_OUT_SEED,
+                 batch: int = 32) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    drawn = [scenes.random_scene(rng, excluded=EXCLUDED) for _ in range(count)]
+    hits: dict[str, list[float]] = defaultdict(list)
+    for start in range(0, count, batch):
+        chunk = drawn[start:start + batch]
+        images = sample(model, [s.caption() for s in chunk], list(range(start, start + len(chunk)))).images
+        reading = lab_judge.read(judge, images)
+        for i, scene in enumerate(chunk):
+            background = reading.region[i] == 0
+            hits["background colour"].append(
+                _majority(reading.background[i], background) == lab_judge.BACKGROUNDS.index(scene.background))
+            hits["texture"].append(_majority(reading.texture[i], background) == scenes.TEXTURES.index(scene.texture))
+            for thing in scene.things:
+                region = reading.region[i] == lab_judge.REGIONS.index(thing.shape)
+                present = int(region.sum()) >= scoring.MIN_REGION
+                hits["shape"].append(present)
+                hits["colour"].append(present and _majority(reading.colour[i], region)
+                                      == lab_judge.COLOURS.index(thing.colour))
+                hits["pattern"].append(present and _majority(reading.striped[i], region) == int(thing.striped))
+            if len(scene.things) == 2:
+                hits["both objects"].append(all(
+                    int((reading.region[i] == lab_judge.REGIONS.index(t.shape)).sum()) >= scoring.MIN_REGION
+                    for t in scene.things))
+    return {key: statistics.fmean(map(float, values)) for key, values in hits.items()}
+
+
+def personalisation_rates(model: lab_model.Miniature, judge: lab_judge.Judge, subject: Subject,
+                          seeds: Sequence[int]) -> tuple[float, float]:
+    """(learned, shown by the class word): fidelity >= 0.5 in the training context, with and without
+    the token."""
+    own = scoring.Context(subject.background, subject.texture)
+    rates = []
+    for words in (f"{subject.token} {subject.shape}", subject.shape):
+        images = sample(model, [own.prompt(words)] * len(seeds), list(seeds)).images
+        rates.append(float((scoring.fidelity(lab_judge.read(judge, images), subject) >= 0.5).float().mean()))
+    return rates[0], rates[1]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Prompt following of the base model, per attribute.")
+    parser.add_argument("--count", type=int, default=96)
+    parser.add_argument("--personalised", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    base, judge = lab_model.load(), lab_judge.load()
+    for key, rate in follow_rates(base, judge, args.count).items():
+        print(f"{key:<18} {rate:.3f}")
+    if args.personalised:
+        seeds = list(range(100, 116))
+        for subject in SUBJECTS:
+            for method in personalise.METHODS:
+                learned, shown = personalisation_rates(personalise.load(subject, method, base), judge, subject, seeds)
+                print(f"{subject.token:<5} {method:<10} learned {learned:.2f}  class word shows subject {shown:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""DDIM sampling of the miniature with DeGu's own code in the loop.
+
+The step does what the WebUI adapters do: the identity (prompt), context (generic) and
+unconditional rows go through the UNet in one call, ``lib_degu.attention.AttentionCapture`` reads
+the subject's cross-attention from the identity rows, and ``lib_degu.step.Guide`` refines the mask
+and combines the three predictions. Nothing of DeGu is re-implemented here, so what the experiment
+measures is what users run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from lab.model import CONTEXT_LENGTH, LATENT_CHANNELS, LATENT_SIZE, Miniature, Schedule, to_image
+from lib_degu.attention import AttentionCapture, token_indicator
+from lib_degu.prompts import make_generic_prompt
+from lib_degu.settings import DeGuSettings
+from lib_degu.step import Guide
+
+CFG_SCALE = 5.0
+STEPS = 20
+
+
+@dataclass
+class Result:
+    images: torch.Tensor  # (B, 3, 32, 32) in [-1, 1]
+    masks: list[torch.Tensor] = field(default_factory=list)  # per step (B, 1, 16, 16): the mask DeGu used
+    attention: list[torch.Tensor] = field(default_factory=list)  # per step (B, 16, 16): raw captured maps
+    probed: list[list[torch.Tensor]] = field(default_factory=list)  # per probe, per step (B, 16, 16)
+
+
+def timesteps(steps: int, schedule: Schedule) -> list[int]:
+    return torch.linspace(schedule.steps - 1, 0, steps).round().long().tolist()
+
+
+def initial_noise(seeds: Sequence[int]) -> torch.Tensor:
+    return torch.stack([
+        torch.randn((LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE), generator=torch.Generator().manual_seed(seed))
+        for seed in seeds
+    ])
+
+
+@torch.no_grad()
+def sample(
+    model: Miniature,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    settings: DeGuSettings | None = None,
+    *,
+    steps: int = STEPS,
+    cfg_scale: float = CFG_SCALE,
+    negative: str = "",
+    keep_maps: bool = False,
+    probes: Sequence[AttentionCapture] = (),
+) -> Result:
+    """Plain CFG when ``settings`` is None or disabled, else DeGu with those settings.
+
+    ``probes``: extra captures (other layer choices) read on the identity rows at every step, for
+    measuring maps DeGu did not use; they must be entered by the caller.
+    """
+    schedule = Schedule()
+    x = initial_noise(seeds)
+    batch = len(prompts)
+    degu = settings is not None and settings.enabled
+    rows = list(prompts)
+    if degu:
+        assert settings is not None
+        rows += [make_generic_prompt(p, settings.subject, settings.generic) for p in prompts]
+        positions = [model.tokenizer.positions(p, settings.subject) for p in prompts]
+        indicator = token_indicator(positions, CONTEXT_LENGTH)
+        guide = Guide(settings)
+        capture = AttentionCapture(model.unet)
+    rows += [negative] * batch
+    context = model.encode(rows)
+    result = Result(images=x, probed=[[] for _ in probes])
+    ts = timesteps(steps, schedule)
+    alphas = schedule.alphas_cumprod
+    with capture if degu else contextlib.nullcontext():
+        for i, t in enumerate(ts):
+            if degu:
+                capture.begin_step(list(range(batch)), indicator)
+                for probe in probes:
+                    probe.begin_step(list(range(batch)), indicator)
+            eps = model.unet(x.repeat(len(rows) // batch, 1, 1, 1), t, encoder_hidden_states=context).sample
+            if degu:
+                s, g, u = eps.chunk(3)
+                attention = capture.take()
+                for probe, maps in zip(probes, result.probed, strict=True):
+                    maps.append(probe.take())
+                eps = guide(u, s, g, cfg_scale=cfg_scale, attention=attention).output
+                if keep_maps:
+                    result.masks.append(guide.last_mask.clone())
+                    if attention is not None:
+                        result.attention.append(attention.clone())
+            else:
+                s, u = eps.chunk(2)
+                eps = u + cfg_scale * (s - u)
+            a_t = alphas[t]
+            a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    result.images = to_image(x).clamp(-1, 1)
+    return result
