@@ -123,17 +123,66 @@ def test_another_extensions_post_cfg_function_still_applies(forge):
     assert torch.allclose(torch.stack(list(both.images)), torch.stack(list(halved.images)), atol=1e-5)
 
 
+def _deep_snapshot(value):
+    """A comparable picture of a patcher's state: containers by content, tensors by value, every other
+    object (functions, patch objects, the model) by identity."""
+    if isinstance(value, dict):
+        return ("dict", {key: _deep_snapshot(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple, set)):
+        items = sorted(value, key=repr) if isinstance(value, set) else value
+        return (type(value).__name__, [_deep_snapshot(item) for item in items])
+    if torch.is_tensor(value):
+        return ("tensor", value.detach().clone())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return ("object", id(value), type(value).__name__)
+
+
+def _assert_same(before, after, path="patcher"):
+    if isinstance(before, tuple) and before and before[0] == "tensor":
+        assert isinstance(after, tuple) and after[0] == "tensor" and torch.equal(before[1], after[1]), path
+    elif isinstance(before, tuple) and before and before[0] == "dict":
+        assert isinstance(after, tuple) and after[0] == "dict" and before[1].keys() == after[1].keys(), path
+        for key in before[1]:
+            _assert_same(before[1][key], after[1][key], f"{path}[{key!r}]")
+    elif isinstance(before, tuple) and before and before[0] in ("list", "tuple", "set"):
+        assert isinstance(after, tuple) and after[0] == before[0] and len(after[1]) == len(before[1]), path
+        for index, (b, a) in enumerate(zip(before[1], after[1], strict=True)):
+            _assert_same(b, a, f"{path}[{index}]")
+    else:
+        assert before == after, path
+
+
 def test_nothing_left_on_the_shared_unet(forge):
+    """The shared UnetPatcher every pass starts from, compared deeply before and after DeGu's passes:
+    its model_options (transformer_options and attention patches included) and its other fields."""
     host = harness.make_host("sd15")
     original = host.unet
-    options_before = repr(sorted(original.model_options))
+    # Options another extension left on the shared patcher: DeGu must leave them exactly as they are.
+    original.set_model_attn2_patch(lambda q, k, v, extra_options: (q, k, v))
+    original.set_model_attn2_replace(lambda q, k, v, extra_options: q, "input", 1)
+    original.model_options.setdefault("transformer_options", {})["foreign"] = {"weight": 0.5}
+    before = _deep_snapshot({**vars(original), "model_options": original.model_options})
     model = original.model.diffusion_model
     hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     _run(forge, degu={**ON, "mask_source": "attention"}, host=host)
     _run(forge, degu={**ON}, host=host, enable_hr=True, hr_scale=2.0, hr_cfg=7.0)
-    assert repr(sorted(original.model_options)) == options_before
-    assert "conditioning_modifiers" not in original.model_options
+    _run(forge, degu={**ON, "context_scale": 2.0}, host=host, cfg_scale=1.0)
+    assert host.sd_model.forge_objects.unet is not original  # the passes did run on clones
+    _assert_same(before, _deep_snapshot({**vars(original), "model_options": original.model_options}))
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks_before
+
+
+def test_nothing_left_on_the_shared_flux_patcher_or_its_attention_kernel(forge):
+    from backend.nn import flux
+
+    host = harness.make_host("flux")
+    kernel = flux.attention
+    before = _deep_snapshot({**vars(host.unet), "model_options": host.unet.model_options})
+    _, processed = _run(forge, kind="flux", degu=ON, host=host)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "attention"
+    assert flux.attention is kernel
+    _assert_same(before, _deep_snapshot({**vars(host.unet), "model_options": host.unet.model_options}))
 
 
 def test_hires_with_its_own_cfg_and_idempotent_setup(forge):
