@@ -14,7 +14,7 @@ PURGE = ("lib_degu.hosts.forge", "degu_neo_script")
 ON = {"enabled": True, "subject": "sks", "generic": "a"}
 FULL = {**ON, "mask_source": "full"}
 PROMPT, GENERIC_PROMPT = "a photo of sks dog on a beach", "a photo of a dog on a beach"
-FAMILIES = ["sd15", "flux", "chroma", "zimage", "qwen", "wan"]
+FAMILIES = ["sd15", "flux", "chroma", "zimage", "qwen", "lumina", "anima", "wan"]
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +78,8 @@ def test_full_mask_unit_scales_equals_neos_result(neo, kind):
 
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_balance_minus_one_equals_plain_cfg_on_the_generic_prompt(neo, kind):
-    """Guided families by the CFG formula, Flux / Z-Image-Turbo (CFG 1) by the no-uncond one, Wan's
+    """Guided families (SD1.5, Chroma, Qwen-Image, Lumina 2, Anima, Wan) by the CFG formula, Flux and
+    Z-Image-Turbo (CFG 1) by the no-uncond one, Wan's
     5-D latents with the mask broadcast over frames: M = 0 leaves the generic prompt's result."""
     generic, _ = _run(neo, kind, prompt=GENERIC_PROMPT)
     out, processed = _run(neo, kind, degu={**ON, "balance": -1.0, "mask_source": "difference"})
@@ -95,6 +96,8 @@ def test_balance_minus_one_equals_plain_cfg_on_the_generic_prompt(neo, kind):
         ("chroma", "attention", {}),
         ("zimage", "difference", {}),
         ("qwen", "difference", {}),
+        ("lumina", "difference", {}),
+        ("anima", "difference", {}),
         ("wan", "difference", {"batch_size": 2}),
     ],
 )

@@ -5,7 +5,7 @@ The same interface as tests/fake_forge/harness.py -- ``install()``/``uninstall()
 own module caches, so the two simulated hosts never share module objects), with this folder first on
 ``sys.path``. Kinds: ``sd15`` and ``flux`` (the simulated Forge's models under Neo's backend: Neo's
 T5 engine, batcher, patcher), and Neo's ``chroma``, ``zimage`` (Z-Image-Turbo, CFG 1), ``qwen``
-(Qwen-Image) and ``wan`` (Wan 2.2, 5-D latents). ``sd35`` is refused: Neo dropped SD3.
+(Qwen-Image), ``lumina`` (Lumina 2), ``anima`` and ``wan`` (Wan 2.2, 5-D latents). ``sd35`` is refused: Neo dropped SD3.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ install, uninstall, installed, is_installed = _H.install, _H.uninstall, _H.insta
 attach_scripts, process_images, make_processing = _H.attach_scripts, _H.process_images, _H.make_processing
 
 _CFG_ONE = {"zimage"}  # Z-Image-Turbo runs at CFG 1 (no uncond)
-_FLOW = {"flux", "chroma", "zimage", "qwen", "wan"}
+_FLOW = {"flux", "chroma", "zimage", "qwen", "lumina", "anima", "wan"}
 
 
 class Host(_H.Host):
@@ -66,9 +66,16 @@ def make_host(kind: str = "sd15", seed: int = 0) -> Host:
         host = _H.make_host(kind, seed)
         reset_host_state()
         return Host(kind, host.sd_model)
-    engines = {"chroma": "chroma.Chroma", "zimage": "zimage.ZImage", "qwen": "qwen.QwenImage", "wan": "wan.Wan"}
+    engines = {
+        "chroma": "chroma.Chroma",
+        "zimage": "zimage.ZImage",
+        "qwen": "qwen.QwenImage",
+        "lumina": "lumina.Lumina2",
+        "anima": "anima.Anima",
+        "wan": "wan.Wan",
+    }
     if kind not in engines:
-        raise ValueError(f"unknown host kind {kind!r} (sd15, flux, chroma, zimage, qwen or wan)")
+        raise ValueError(f"unknown host kind {kind!r} (sd15, flux, chroma, zimage, qwen, lumina, anima or wan)")
     import importlib
 
     from modules import shared
