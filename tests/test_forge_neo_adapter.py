@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 import torch
@@ -58,6 +59,9 @@ def test_neo_is_found_by_capability(neo):
     from backend.sampling import sampling_function
 
     assert neo.HOST == "forge"  # Neo keeps Forge's backend: the same adapter, chosen by what imports
+    # ... and bound to this host's modules, even after the simulated Forge ran in the same process
+    assert "fake_neo" in neo.adapter.forge_sampling.__file__
+    assert neo.adapter.shared is sys.modules["modules.shared"]
     assert "extra_model_options" in sampling_function.sampling_function.__code__.co_varnames
 
 
@@ -79,8 +83,8 @@ def test_full_mask_unit_scales_equals_neos_result(neo, kind):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_balance_minus_one_equals_plain_cfg_on_the_generic_prompt(neo, kind):
     """Guided families (SD1.5, Chroma, Qwen-Image, Lumina 2, Anima, Wan) by the CFG formula, Flux and
-    Z-Image-Turbo (CFG 1) by the no-uncond one, Wan's
-    5-D latents with the mask broadcast over frames: M = 0 leaves the generic prompt's result."""
+    Z-Image-Turbo (CFG 1) by the no-uncond one, Wan's 5-D latents with the mask broadcast over frames:
+    M = 0 leaves the generic prompt's result."""
     generic, _ = _run(neo, kind, prompt=GENERIC_PROMPT)
     out, processed = _run(neo, kind, degu={**ON, "balance": -1.0, "mask_source": "difference"})
     _no_errors(processed)

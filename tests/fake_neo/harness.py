@@ -10,8 +10,10 @@ T5 engine, batcher, patcher), and Neo's ``chroma``, ``zimage`` (Z-Image-Turbo, C
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -35,8 +37,43 @@ def _second_instance() -> ModuleType:
 
 
 _H = _second_instance()
-install, uninstall, installed, is_installed = _H.install, _H.uninstall, _H.installed, _H.is_installed
+is_installed = _H.is_installed
 attach_scripts, process_images, make_processing = _H.attach_scripts, _H.process_images, _H.make_processing
+_purged: tuple[str, ...] = ()
+
+
+def _forget_parent_attributes(names: tuple[str, ...]) -> None:
+    """``from lib_degu.hosts import forge`` takes the package's attribute before ``sys.modules``: drop an
+    attribute that points at another simulated host's copy of the module (both hosts purge the same
+    names, and the simulated Forge's harness does not touch parent attributes)."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        package = sys.modules.get(parent) if parent else None
+        if package is not None and getattr(package, child, None) is not sys.modules.get(name):
+            with contextlib.suppress(AttributeError):
+                delattr(package, child)
+
+
+def install(also_purge: tuple[str, ...] = ()) -> None:
+    """As the simulated Forge's ``install``, with this folder first on ``sys.path``."""
+    global _purged
+    _H.install(also_purge)
+    _purged = tuple(also_purge)
+    _forget_parent_attributes(_purged)
+
+
+def uninstall() -> None:
+    _H.uninstall()
+    _forget_parent_attributes(_purged)
+
+
+@contextlib.contextmanager
+def installed(also_purge: tuple[str, ...] = ()) -> Iterator[ModuleType]:
+    install(also_purge)
+    try:
+        yield sys.modules[__name__]
+    finally:
+        uninstall()
 
 _CFG_ONE = {"zimage"}  # Z-Image-Turbo runs at CFG 1 (no uncond)
 _FLOW = {"flux", "chroma", "zimage", "qwen", "lumina", "anima", "wan"}
