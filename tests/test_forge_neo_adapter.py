@@ -214,3 +214,28 @@ def test_a_call_whose_joint_attention_cannot_be_folded_falls_back_to_the_differe
     assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
     assert len([c for c in processed.p.comments if "attention could not be read" in c]) == 1
     assert torch.allclose(out, difference, atol=1e-6)
+
+
+def test_a_sampler_wrapper_that_replaces_degus_falls_back_to_a_separate_generic_call(neo, monkeypatch, capsys):
+    """join_dicts lets a single-slot option from the sampler (here a model_function_wrapper) replace the
+    patcher's: DeGu never sees its rows, runs the generic prompt on its own and says so once."""
+    from modules import sd_samplers, sd_samplers_common, sd_samplers_kdiffusion
+
+    def sample_with_wrapper(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        def plain(apply_model, args):
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        extra_args = {**(extra_args or {}), "model_options": {"model_function_wrapper": plain}}
+        return sd_samplers_kdiffusion.sample_euler(model, x, sigmas, extra_args=extra_args, callback=callback)
+
+    data = sd_samplers_common.SamplerData(
+        "Euler (wrapper)", lambda model: sd_samplers_kdiffusion.KDiffusionSampler(sample_with_wrapper, model), [], {}
+    )
+    monkeypatch.setitem(sd_samplers.all_samplers_map, data.name, data)
+    generic, _ = _run(neo, prompt=GENERIC_PROMPT, sampler_name=data.name)
+    euler, _ = _run(neo, prompt=GENERIC_PROMPT)
+    assert torch.allclose(generic, euler, atol=1e-5)  # the wrapper itself changes nothing
+    out, processed = _run(neo, degu={**ON, "balance": -1.0, "mask_source": "difference"}, sampler_name=data.name)
+    _no_errors(processed)
+    assert torch.allclose(out, generic, atol=1e-4)
+    assert capsys.readouterr().out.count("could not join the batch") == 1
