@@ -15,7 +15,7 @@ PURGE = ("lib_degu.hosts.forge", "degu_neo_script")
 ON = {"enabled": True, "subject": "sks", "generic": "a"}
 FULL = {**ON, "mask_source": "full"}
 PROMPT, GENERIC_PROMPT = "a photo of sks dog on a beach", "a photo of a dog on a beach"
-FAMILIES = ["sd15", "flux", "chroma", "zimage", "qwen", "lumina", "anima", "wan"]
+FAMILIES = ["sd15", "flux", "flux_svdq", "chroma", "zimage", "qwen", "lumina", "anima", "wan"]
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,7 @@ def test_full_mask_unit_scales_equals_neos_result(neo, kind):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_balance_minus_one_equals_plain_cfg_on_the_generic_prompt(neo, kind):
     """Guided families (SD1.5, Chroma, Qwen-Image, Lumina 2, Anima, Wan) by the CFG formula, Flux and
-    Z-Image-Turbo (CFG 1) by the no-uncond one, Wan's 5-D latents with the mask broadcast over frames:
+    Z-Image-Turbo and an SVDQ Flux (CFG 1) by the no-uncond one, Wan's 5-D latents with the mask broadcast over frames:
     M = 0 leaves the generic prompt's result."""
     generic, _ = _run(neo, kind, prompt=GENERIC_PROMPT)
     out, processed = _run(neo, kind, degu={**ON, "balance": -1.0, "mask_source": "difference"})
@@ -97,6 +97,7 @@ def test_balance_minus_one_equals_plain_cfg_on_the_generic_prompt(neo, kind):
     [
         ("sd15", "attention", {}),
         ("flux", "attention", {}),
+        ("flux_svdq", "difference", {}),
         ("chroma", "attention", {}),
         ("zimage", "difference", {}),
         ("qwen", "difference", {}),
@@ -116,8 +117,9 @@ def test_each_family_is_guided_with_the_mask_it_can_have(neo, kind, mask, extra)
     notes = [c for c in processed.p.comments if "attention mask unavailable" in c]
     if mask == "attention":
         assert not notes
-    else:
-        assert len(notes) == 1 and "TinyJointDiT" in notes[0]
+    else:  # the note names the network DeGu cannot read
+        name = "SVDQFluxTransformer2DModel" if kind == "flux_svdq" else "TinyJointDiT"
+        assert len(notes) == 1 and name in notes[0]
     assert torch.isfinite(out).all()
     assert not torch.allclose(out, plain, atol=1e-4)
 

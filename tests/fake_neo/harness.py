@@ -5,7 +5,9 @@ The same interface as tests/fake_forge/harness.py -- ``install()``/``uninstall()
 own module caches, so the two simulated hosts never share module objects), with this folder first on
 ``sys.path``. Kinds: ``sd15`` and ``flux`` (the simulated Forge's models under Neo's backend: Neo's
 T5 engine, batcher, patcher), and Neo's ``chroma``, ``zimage`` (Z-Image-Turbo, CFG 1), ``qwen``
-(Qwen-Image), ``lumina`` (Lumina 2), ``anima`` and ``wan`` (Wan 2.2, 5-D latents). ``sd35`` is refused: Neo dropped SD3.
+(Qwen-Image), ``lumina`` (Lumina 2), ``anima``, ``wan`` (Wan 2.2, 5-D latents) and ``flux_svdq`` (Flux
+dev with an SVDQ/Nunchaku network: the Flux engine, a network whose attention cannot be read).
+``sd35`` is refused: Neo dropped SD3.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ def installed(also_purge: tuple[str, ...] = ()) -> Iterator[ModuleType]:
     finally:
         uninstall()
 
-_CFG_ONE = {"zimage"}  # Z-Image-Turbo runs at CFG 1 (no uncond)
-_FLOW = {"flux", "chroma", "zimage", "qwen", "lumina", "anima", "wan"}
+_CFG_ONE = {"zimage", "flux_svdq"}  # Z-Image-Turbo and Flux dev run at CFG 1 (no uncond)
+_FLOW = {"flux", "flux_svdq", "chroma", "zimage", "qwen", "lumina", "anima", "wan"}
 
 
 class Host(_H.Host):
@@ -103,6 +105,8 @@ def make_host(kind: str = "sd15", seed: int = 0) -> Host:
         host = _H.make_host(kind, seed)
         reset_host_state()
         return Host(kind, host.sd_model)
+    if kind == "flux_svdq":
+        return _svdq_flux(seed)
     engines = {
         "chroma": "chroma.Chroma",
         "zimage": "zimage.ZImage",
@@ -112,7 +116,7 @@ def make_host(kind: str = "sd15", seed: int = 0) -> Host:
         "wan": "wan.Wan",
     }
     if kind not in engines:
-        raise ValueError(f"unknown host kind {kind!r} (sd15, flux, chroma, zimage, qwen, lumina, anima or wan)")
+        raise ValueError(f"unknown host kind {kind!r}: sd15, flux, flux_svdq, chroma, zimage, qwen, lumina, anima, wan")
     import importlib
 
     from modules import shared
@@ -145,3 +149,23 @@ def make_host(kind: str = "sd15", seed: int = 0) -> Host:
     sd_model.comments = []
     shared.sd_model = sd_model
     return Host(kind, sd_model)
+
+
+def _svdq_flux(seed: int) -> Host:
+    """Flux dev whose network is an SVDQ wrapper (backend/nn/svdq.py): the simulated Flux engine, with
+    the tiny joint network standing in for Nunchaku's kernels."""
+    from backend.nn.svdq import SVDQFluxTransformer2DModel
+
+    from tests.fake_neo import tiny_dit
+
+    host = _H.make_host("flux", seed)  # builds the engine; its network is swapped below
+    network = forge_harness._sibling("batch_invariance").make_batch_invariant(tiny_dit.tiny_joint_dit(seed))
+    unet = host.sd_model.forge_objects.unet
+    wrapper = SVDQFluxTransformer2DModel(network)
+    predictor = unet.model.predictor
+    patcher = type(unet).from_model(model=wrapper, diffusers_scheduler=None, k_predictor=predictor, config=None)
+    for objects in (host.sd_model.forge_objects, host.sd_model.forge_objects_original):
+        objects.unet = patcher
+    host.sd_model.forge_objects_after_applying_lora = host.sd_model.forge_objects.shallow_copy()
+    reset_host_state()
+    return Host("flux_svdq", host.sd_model)

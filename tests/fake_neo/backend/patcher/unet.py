@@ -3,8 +3,8 @@
 Own re-implementation; mirrors backend/patcher/unet.py (Forge Neo, index id 48299958229:
 ``clone`` = ``ModelPatcher.clone`` + the UnetPatcher fields) and ``ModelPatcher.clone`` of
 backend/patcher/base.py (Forge Neo, index id 66754403095: ``model_options`` through ``utils.deepcopy_``,
-which copies only dicts and lists -- functions and state objects are shared, never deep-copied).
-Everything else is the simulated Forge's UnetPatcher.
+which copies only dicts and lists -- functions and state objects are shared, never deep-copied), and
+``NunchakuPatcher`` for SVDQ models. Everything else is the simulated Forge's UnetPatcher.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from backend import _forge, utils
 from backend.modules.k_model import KModel
+from backend.nn.svdq import NunchakuModelMixin
 
 _FORGE = _forge.load("backend/patcher/unet.py")
 
@@ -22,7 +23,8 @@ class UnetPatcher(_FORGE.UnetPatcher):
     @classmethod
     def from_model(cls, model: Any, diffusers_scheduler: Any, config: Any, k_predictor: Any = None) -> UnetPatcher:
         kmodel = KModel(model=model, diffusers_scheduler=diffusers_scheduler, k_predictor=k_predictor, config=config)
-        return cls(kmodel, load_device="cpu", offload_device="cpu", current_device="cpu")
+        patcher = NunchakuPatcher if isinstance(kmodel.diffusion_model, NunchakuModelMixin) else cls
+        return patcher(kmodel, load_device="cpu", offload_device="cpu", current_device="cpu")
 
     def clone(self) -> UnetPatcher:
         n = self.__class__(self.model, self.load_device, self.offload_device, self.size, self.current_device)
@@ -34,3 +36,12 @@ class UnetPatcher(_FORGE.UnetPatcher):
         n.extra_model_patchers_during_sampling = self.extra_model_patchers_during_sampling.copy()
         n.extra_concat_condition = self.extra_concat_condition
         return n
+
+
+# mirrors backend/patcher/unet.py: NunchakuPatcher (Forge Neo): Nunchaku models move themselves
+class NunchakuPatcher(UnetPatcher):
+    def load(self, device_to: Any = None, *args: Any, **kwargs: Any) -> None:
+        self.model.diffusion_model.to(device_to)
+
+    def detach(self, *args: Any, **kwargs: Any) -> None:
+        self.model.diffusion_model.to(self.offload_device)
