@@ -520,3 +520,55 @@ def test_prompt_editing_switches_the_generic_rows_at_the_hosts_step(host, sample
     assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
     unswitched = run(None, prompt="a photo of a dog on a beach", sampler_name=sampler).latents
     assert not torch.allclose(generic.latents, unswitched, atol=1e-3)  # the switch did happen
+
+
+@pytest.mark.parametrize("skip", ["Skip Early CFG", "NGMS"])
+def test_skipped_uncond_steps_use_the_exact_no_uncond_formula(host, skip):
+    """Skip Early CFG and NGMS make the host fake its uncond rows with the prompt rows and combine at
+    scale 1: DeGu must then give g + a_id * M * (s - g), and on the other steps the full formula, checked
+    step by step from the model's own rows at non-unit scales with a mask between 0 and 1."""
+    a_id, a_ctx, w = 0.6, 1.7, 7.0
+    kwargs = {"s_min_uncond": 100.0} if skip == "NGMS" else {}  # NGMS: every odd step (all sigmas < 100)
+    if skip == "Skip Early CFG":
+        shared.opts.skip_early_cond = 0.5  # steps 0, 1 and 2 of 4
+    steps: list[dict] = []
+
+    def before(params):  # on_cfg_denoiser: the step, whether the host will skip uncond, DeGu's guide
+        denoiser = params.denoiser
+        state = getattr(denoiser, adapter.PASS_ATTR)
+        skipped = (skip == "Skip Early CFG" and denoiser.step / denoiser.total_steps <= 0.5) or (
+            skip == "NGMS" and denoiser.step % 2 == 1
+        )
+        steps.append({"skipped": skipped, "guide": state.guide})
+
+    def denoised(params):  # on_cfg_denoised: every row the model computed (prompt, generic, uncond)
+        steps[-1]["x_out"] = params.x.clone()
+
+    def after(params):  # on_cfg_after_cfg: the combined result, DeGu's difference included
+        steps[-1]["out"] = params.x.clone()
+        steps[-1]["mask"] = steps[-1]["guide"].last_mask.clone()
+
+    adapter.register_callbacks()  # DeGu's callback first: the rows are in place when ours run
+    script_callbacks.on_cfg_denoiser(before, name="test")
+    script_callbacks.on_cfg_denoised(denoised, name="test")
+    script_callbacks.on_cfg_after_cfg(after, name="test")
+    try:
+        settings = {**ON, "mask_source": "difference", "identity_scale": a_id, "context_scale": a_ctx}
+        processed = run(settings, prompt=["a photo of sks dog on a beach", "sks cat in snow"], batch_size=2, **kwargs)
+    finally:
+        for callback in (before, denoised, after):
+            script_callbacks.remove_callbacks_for_function(callback)
+    _no_errors(processed)
+    assert processed.p.extra_generation_params[skip]
+    assert {step["skipped"] for step in steps} == {True, False}
+    for step in steps:
+        x_out, m = step["x_out"], step["mask"]
+        s, g = x_out[0:2], x_out[2:4]  # 2 prompt rows, 2 generic rows, then 2 uncond (or fake uncond) rows
+        assert ((m > 0.05) & (m < 0.95)).any() and float(m.max() - m.min()) > 0.2  # a mask between 0 and 1
+        if step["skipped"]:
+            assert torch.equal(x_out[4:6], s)  # the host's fake uncond
+            expected = g + a_id * m * (s - g)
+        else:
+            u = x_out[4:6]
+            expected = u + w * (a_id * m * (s - u) + a_ctx * (1 - m) * (g - u))
+        assert torch.allclose(step["out"], expected, atol=1e-5, rtol=1e-5)
