@@ -48,27 +48,25 @@ STEP_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
 def contexts(subject: Subject, split: str) -> list[Context]:
-    """Held-out contexts: never the subject's training background; a second object of another shape.
-
-    The same list for every subject but its own context, alternating into the dev and test splits.
+    """Eight held-out contexts: never the subject's training background nor its texture; half of
+    them with a second object of another shape. Four are the dev split (for choosing defaults),
+    four the test split (for reporting); each split mixes textures and has two second objects.
     """
-    others = [s for s in scenes.SHAPES if s != subject.shape]
-    candidates = []
-    for i, (background, texture) in enumerate(
-        (b, t) for b in scenes.BACKGROUND_COLOURS for t in scenes.TEXTURES
-        if b != subject.background and t != subject.texture
-    ):
+    backgrounds = [b for b in scenes.BACKGROUND_COLOURS if b != subject.background]
+    textures = [t for t in scenes.TEXTURES if t != subject.texture]
+    other_shapes = [s for s in scenes.SHAPES if s != subject.shape]
+    other_colours = [c for c in scenes.OBJECT_COLOURS if c != subject.colour]
+    chosen = []
+    for i in range(8):
         other = None
-        if i % 3 == 2:
-            colour = list(scenes.OBJECT_COLOURS)[i % len(scenes.OBJECT_COLOURS)]
-            if colour == subject.colour:
-                colour = "white" if subject.colour != "white" else "red"
-            other = scenes.Thing(shape=others[i % len(others)], colour=colour)
-        candidates.append(Context(background, texture, other))
-    chosen = candidates[:: max(1, len(candidates) // 8)][:8]
+        if i % 4 in (2, 3):
+            other = scenes.Thing(shape=other_shapes[i % len(other_shapes)],
+                                 colour=other_colours[i % len(other_colours)])
+        chosen.append(Context(backgrounds[i % len(backgrounds)], textures[(i + i // len(backgrounds)) % 2], other))
     if split == "all":
         return chosen
-    return chosen[0::2] if split == "dev" else chosen[1::2]
+    keep = (0, 3) if split == "dev" else (1, 2)
+    return [c for i, c in enumerate(chosen) if i % 4 in keep]
 
 
 def degu_settings(subject: Subject, **changes: object) -> DeGuSettings:
