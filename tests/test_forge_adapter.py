@@ -488,3 +488,74 @@ def test_non_finite_generic_rows_cannot_poison_the_hosts_rows(forge, bad, source
     assert torch.isfinite(out).all()
     assert torch.allclose(out, plain, atol=1e-5)
     assert any("non-finite values in 6 image-step(s)" in c for c in processed.p.comments)
+
+
+def _step_recorder(steps: list[dict]):
+    """A script that runs before DeGu's on the pass's patcher: a model-function wrapper (DeGu chains it)
+    records every row the model computed, with the conditioning it ran on and whether uncond ran; a
+    post-CFG function (DeGu's goes first) records the host's prompt prediction, DeGu's result and mask."""
+    from modules import scripts
+
+    class Recorder(scripts.Script):
+        def title(self):
+            return "recorder"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            unet = p.sd_model.forge_objects.unet.clone()
+
+            def wrapper(apply_model, args):
+                output = apply_model(args["input"], args["timestep"], **args["c"])
+                steps.append({"rows": output.clone(), "context": args["c"]["c_crossattn"].clone(),
+                              "uncond_ran": 1 in args["cond_or_uncond"]})
+                return output
+
+            def post_cfg(args):
+                steps[-1].update(s=args["cond_denoised"].clone(), u=args["uncond_denoised"].clone(),
+                                 out=args["denoised"].clone(),
+                                 mask=p.sd_model.forge_objects.unet.degu_pass.guide.last_mask.clone())
+                return args["denoised"]
+
+            unet.model_options["model_function_wrapper"] = wrapper
+            unet.set_model_sampler_post_cfg_function(post_cfg)
+            p.sd_model.forge_objects.unet = unet
+
+    return Recorder()
+
+
+@pytest.mark.parametrize("skip", ["CFG 1", "Skip Early CFG", "NGMS"])
+def test_no_uncond_steps_use_the_exact_no_uncond_formula(forge, skip):
+    """CFG 1, and the steps Skip Early CFG or NGMS run at scale 1, have no uncond on Forge: DeGu must give
+    g + a_id * M * (s - g) there and the full formula on the other steps, checked step by step from the
+    model's own rows at non-unit scales with a mask between 0 and 1."""
+    from modules import shared
+
+    a_id, a_ctx = 0.6, 1.7
+    cfg_scale = 1.0 if skip == "CFG 1" else 7.0
+    kwargs = {"s_min_uncond": 100.0} if skip == "NGMS" else {}  # NGMS: every odd step (all sigmas < 100)
+    host = harness.make_host("sd15")
+    if skip == "Skip Early CFG":
+        shared.opts.skip_early_cond = 0.5
+    prompt, generic_prompt = "a photo of sks dog on a beach", "a photo of a dog on a beach"
+    generic_cond = shared.sd_model.get_learned_conditioning([generic_prompt])[0]
+    steps: list[dict] = []
+    p = host.processing(prompt=prompt, cfg_scale=cfg_scale, steps=4, **kwargs)
+    settings = {**ON, "mask_source": "difference", "identity_scale": a_id, "context_scale": a_ctx}
+    processed = host.run(p, _step_recorder(steps), (forge.DeGuScript(), script_args(**settings)))
+    processed.p = p
+    _no_errors(processed)
+    assert len(steps) == 4
+    assert {step["uncond_ran"] for step in steps} == ({False} if skip == "CFG 1" else {True, False})
+    for step in steps:
+        generic_rows = [r for r in range(step["context"].shape[0]) if torch.equal(step["context"][r], generic_cond)]
+        assert len(generic_rows) == 1
+        s, g, m = step["s"], step["rows"][generic_rows], step["mask"]
+        assert ((m > 0.05) & (m < 0.95)).any() and float(m.max() - m.min()) > 0.2  # a mask between 0 and 1
+        if step["uncond_ran"]:
+            u = step["u"]
+            expected = u + cfg_scale * (a_id * m * (s - u) + a_ctx * (1 - m) * (g - u))
+        else:
+            expected = g + a_id * m * (s - g)
+        assert torch.allclose(step["out"], expected, atol=1e-5, rtol=1e-5)
