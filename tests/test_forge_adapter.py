@@ -559,3 +559,39 @@ def test_no_uncond_steps_use_the_exact_no_uncond_formula(forge, skip):
         else:
             expected = g + a_id * m * (s - g)
         assert torch.allclose(step["out"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_read_from_each_images_prompt_row_not_its_generic_row(forge, monkeypatch):
+    """Forge batches its entries in its own order: with sharpened cross-attention, the map DeGu guides
+    with is, per image, the explicit softmax of that image's prompt row (one Euler step)."""
+    from modules import shared
+
+    from lib_degu.step import Guide
+    from tests.attention_reference import explicit_map, recorded_cross_attention, sharpen_cross_attention
+
+    host = harness.make_host("sd15")
+    unet = host.unet.model.diffusion_model
+    sharpen_cross_attention(unet)
+    maps: list = []
+    delta = Guide.delta
+    monkeypatch.setattr(Guide, "delta", lambda self, *a, **k: maps.append(k["attention"]) or delta(self, *a, **k))
+    prompts = ["a photo of sks dog on a beach", "sks cat in snow"]
+    generic_prompts = ["a photo of a dog on a beach", "a cat in snow"]
+    positions = [[4], [1]]  # after BOS: one token per word in the simulated tokenizer
+    with recorded_cross_attention(unet) as calls:
+        _, processed = _run(forge, degu={**ON, "context_scale": 1.5}, host=host, prompt=prompts, batch_size=2, steps=1)
+    _no_errors(processed)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "attention"
+    assert len(maps) == 1 and maps[0].shape == (2, 8, 8)
+    context = calls[0][2]
+
+    def row_of(text):
+        cond = shared.sd_model.get_learned_conditioning([text])[0].to(context)
+        (row,) = [r for r in range(context.shape[0]) if torch.equal(context[r], cond)]
+        return row
+
+    for image in range(2):
+        prompt_map = explicit_map(calls, row_of(prompts[image]), positions[image], (8, 8))
+        generic_map = explicit_map(calls, row_of(generic_prompts[image]), positions[image], (8, 8))
+        assert float((prompt_map - generic_map).abs().max()) > 1e-2  # the rows do attend differently
+        assert torch.allclose(maps[0][image].double(), prompt_map, atol=1e-5)
