@@ -6,7 +6,7 @@ editability, the subject's region for mask IoU) is read from it, so all variants
 same eye. Trained on rendered scenes with noise and blur, so that it reads generated images that are
 a little off.
 
-    python -m lab.judge --minutes 4        # writes lab/models/judge.safetensors
+    python -m lab.judge                    # writes lab/models/judge.safetensors
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lab import scenes
-from lab.model import MODELS_DIR
+from lab.model import MODELS_DIR, cosine_lr
 
 REGIONS = ("background",) + scenes.SHAPES
 COLOURS = tuple(scenes.OBJECT_COLOURS)
@@ -103,7 +103,7 @@ def load(path: Path = PATH) -> Judge:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the judge network on rendered scenes.")
-    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=PATH)
@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     judge = Judge()
     optimiser = torch.optim.AdamW(judge.parameters(), lr=2e-3)
-    started, step = time.perf_counter(), 0
-    while time.perf_counter() - started < args.minutes * 60:
+    started = time.perf_counter()
+    for step in range(args.steps):
+        for group in optimiser.param_groups:
+            group["lr"] = cosine_lr(step, args.steps, 2e-3)
         images, targets = labelled_batch(rng, 32)
         logits = judge(degrade(images, generator))
         loss = sum(F.cross_entropy(logits[k], targets[k], ignore_index=-1) for k in HEADS)
@@ -123,8 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         optimiser.step()
         if step % 100 == 0:
-            print(f"step {step} loss {loss.item():.4f}", flush=True)
-        step += 1
+            print(f"step {step} loss {loss.item():.4f} {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     images, targets = labelled_batch(np.random.default_rng(args.seed + 1), 256)
     reading = read(judge, degrade(images, generator))
     for key in HEADS:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         accuracy = (getattr(reading, key)[valid] == targets[key][valid]).float().mean().item()
         print(f"held-out pixel accuracy {key}: {accuracy:.4f}")
     save_file({k: v.half().contiguous() for k, v in judge.state_dict().items()}, str(args.out))
-    print(f"saved {args.out} after {step} steps")
+    print(f"saved {args.out} after {args.steps} steps, {(time.perf_counter() - started) / 60:.1f} min")
 
 
 if __name__ == "__main__":

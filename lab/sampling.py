@@ -23,6 +23,7 @@ from lib_degu.step import Guide
 
 CFG_SCALE = 5.0
 STEPS = 20
+ETA = 1.0  # DDIM's eta: 1 is ancestral (DDPM-like) sampling, which forgives a small model's errors
 
 
 @dataclass
@@ -55,6 +56,7 @@ def sample(
     cfg_scale: float = CFG_SCALE,
     negative: str = "",
     keep_maps: bool = False,
+    eta: float = ETA,
     probes: Sequence[AttentionCapture] = (),
 ) -> Result:
     """Plain CFG when ``settings`` is None or disabled, else DeGu with those settings.
@@ -64,6 +66,8 @@ def sample(
     """
     schedule = Schedule()
     x = initial_noise(seeds)
+    # Per-image noise streams: an image's samples do not depend on the rest of its batch.
+    generators = [torch.Generator().manual_seed(10_000 + seed) for seed in seeds]
     batch = len(prompts)
     degu = settings is not None and settings.enabled
     rows = list(prompts)
@@ -101,7 +105,13 @@ def sample(
                 eps = u + cfg_scale * (s - u)
             a_t = alphas[t]
             a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            # Static thresholding, as pixel-space diffusion does: x0 lives in [-1, 1]; the noise
+            # direction is recomputed from the clipped x0 so the step stays on the DDIM path.
+            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+            sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+            if eta > 0 and i + 1 < len(ts):
+                x = x + sigma * torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators])
     result.images = to_image(x).clamp(-1, 1)
     return result
