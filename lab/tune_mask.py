@@ -39,8 +39,14 @@ FRACTIONS = (0.05, 0.15, 0.25, 0.4, 0.5, 0.75, 1.0)
 NORMALISATIONS = {"divide q98": (None, 0.98), "min-max q05-q98": (0.05, 0.98), "min-max q0-q100": (0.0, 1.0)}
 
 
-def record(split: str, seeds: Sequence[int]) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
-    """Per layer choice, per step, the raw maps of every image (all pairs concatenated); the regions."""
+def record(
+    split: str, seeds: Sequence[int], phrase: bool = False
+) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+    """Per layer choice, per step, the raw maps of every image (all pairs concatenated); the regions.
+
+    ``phrase``: the subject field holds the token and the class word ("sks circle", generic
+    "circle"): the same generic prompt, but the mask reads the attention of both words.
+    """
     base, judge = lab_model.load(), lab_judge.load()
     maps: dict[str, list[list[torch.Tensor]]] = {name: [] for name in LAYER_CHOICES}
     regions = []
@@ -53,7 +59,10 @@ def record(split: str, seeds: Sequence[int]) -> tuple[dict[str, list[torch.Tenso
             for probe in probes:
                 probe.__enter__()
             try:
-                result = sample(model, prompts, [s for _, s in cases], degu_settings(subject), probes=probes)
+                settings = degu_settings(subject)
+                if phrase:
+                    settings = settings.replace(subject=f"{subject.token} {subject.shape}", generic=subject.shape)
+                result = sample(model, prompts, [s for _, s in cases], settings, probes=probes)
             finally:
                 for probe in probes:
                     probe.remove()
@@ -90,10 +99,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Measure attention maps and rank mask settings (dev split).")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument("--phrase", action="store_true", help="subject field 'sks circle' instead of 'sks'")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    maps, regions = record(args.split, args.seeds)
+    maps, regions = record(args.split, args.seeds, args.phrase)
     valid = regions.flatten(1).any(1)
     print(f"{int(valid.sum())} of {len(valid)} images have the subject's shape (the others are left out)")
     print("\nAUROC of the raw map by step fraction")
