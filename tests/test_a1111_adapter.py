@@ -605,3 +605,66 @@ def test_attention_is_read_from_each_images_prompt_row_not_its_generic_row(host,
         generic_map = explicit_map(calls, row_of(generic_prompts[image]), positions[image], (8, 8))
         assert float((prompt_map - generic_map).abs().max()) > 1e-2  # the rows do attend differently
         assert torch.allclose(maps[0][image].double(), prompt_map, atol=1e-5)
+
+
+def _inpainting_rows(model):
+    """Records every UNet call's input (9 channels: latent, mask, masked-image latent) and context."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def record(module, args, kwargs):
+        calls.append((args[0].clone(), kwargs["encoder_hidden_states"].clone()))
+
+    return calls, model.model.diffusion_model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+@pytest.mark.parametrize("mode", ["txt2img", "img2img inpaint"])
+def test_inpainting_model_generic_rows_carry_their_images_conditioning(arch, mode):
+    """A 9-channel inpainting model gets latent + mask + masked-image latent per row (c_concat): each
+    generic row must carry its own image's rows (in img2img the images' masked latents differ), so
+    mask 1 equals the host, balance -1 equals plain CFG on the generic prompt, and in every UNet call
+    a generic row's extra channels are those of its image's prompt row."""
+    prompts = ["a photo of sks dog on a beach", "sks cat in snow"]
+    generic_prompts = ["a photo of a dog on a beach", "a cat in snow"]
+    init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:7, 1:6] = 1.0
+
+    with harness.host_session(seed=0, arch=arch, inpainting=True) as model:
+
+        def generate(degu, prompt=prompts):
+            kwargs = {"prompt": prompt, "batch_size": 2, "steps": 3}
+            if degu is not None:
+                kwargs.update(scripts=[a1111_support.make_script()], script_args=a1111_support.script_args(**degu))
+            if mode == "txt2img":
+                p = harness.FakeProcessing(**kwargs)
+            else:
+                p = harness.FakeImg2ImgProcessing(init_latent=init, image_mask=mask, denoising_strength=0.8, **kwargs)
+            processed = harness.txt2img(p)
+            processed.p = p
+            return processed
+
+        plain = generate(None)
+        assert torch.allclose(generate(FULL).latents, plain.latents, atol=1e-4)
+        generic_plain = generate(None, prompt=generic_prompts).latents
+        generic = generate({**ON, "balance": -1.0, "mask_source": "difference"})
+        _no_errors(generic)
+        assert torch.allclose(generic.latents, generic_plain, atol=1e-4)
+        calls, handle = _inpainting_rows(model)
+        try:
+            guided = generate({**ON, "context_scale": 2.0})
+        finally:
+            handle.remove()
+        _no_errors(guided)
+        assert not torch.allclose(guided.latents, plain.latents, atol=1e-3)
+        conds = [model.get_learned_conditioning(list(texts)) for texts in (prompts, generic_prompts)]
+        if isinstance(conds[0], dict):
+            conds = [c["crossattn"] for c in conds]
+        assert calls and all(x.shape[:2] == (6, 9) for x, _ in calls)  # 2 prompt, 2 generic, 2 uncond rows
+        for x, context in calls:
+            for image in range(2):
+                (prompt_row,) = [r for r in range(6) if torch.equal(context[r], conds[0][image])]
+                (generic_row,) = [r for r in range(6) if torch.equal(context[r], conds[1][image])]
+                assert torch.equal(x[generic_row, 4:], x[prompt_row, 4:])
+            if mode != "txt2img":  # the images' masked latents differ: a row from the wrong image would show
+                assert not torch.equal(x[0, 5:], x[1, 5:])

@@ -8,16 +8,17 @@ from diffusers import UNet2DConditionModel
 CONTEXT_DIM = 32
 
 
-def tiny_unet(seed: int = 0, **extra: object) -> UNet2DConditionModel:
+def tiny_unet(seed: int = 0, in_channels: int = 4, **extra: object) -> UNet2DConditionModel:
     """diffusers' SD-style UNet (down/mid/up blocks with attn1/attn2 transformer blocks), tiny.
 
     Attention sits at downsample factors 1, 2 and 4 (the mid block), like SD1.x's levels. ``extra``
-    goes to the constructor (e.g. a projected class embedding for SDXL's ``vector``).
+    goes to the constructor (e.g. a projected class embedding for SDXL's ``vector``); ``in_channels``
+    9 makes an inpainting UNet (latent + mask + masked-image latent, 4 output channels).
     """
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=16,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64, 64),

@@ -107,8 +107,9 @@ class FakeClipEmbedder(TextConditionalModel):
 
 
 class FakeDiffusionWrapper(torch.nn.Module):
-    """mirrors ldm/models/diffusion/ddpm.py: DiffusionWrapper.forward for 'crossattn': the UNet gets
-    ``context = cat(c_crossattn, 1)``; ``c_concat`` (image conditioning) is ignored."""
+    """mirrors ldm/models/diffusion/ddpm.py: DiffusionWrapper.forward for 'crossattn' (the UNet gets
+    ``context = cat(c_crossattn, 1)``, ``c_concat`` is ignored) and 'hybrid', the inpainting models
+    (the UNet's input is ``cat([x] + c_concat, 1)``: latent, mask, masked-image latent per row)."""
 
     def __init__(self, diffusion_model: torch.nn.Module, conditioning_key: str = "crossattn") -> None:
         super().__init__()
@@ -117,7 +118,17 @@ class FakeDiffusionWrapper(torch.nn.Module):
 
     def forward(self, x, t, c_concat=None, c_crossattn=None, c_adm=None):
         context = torch.cat(c_crossattn, 1)
+        if self.conditioning_key == "hybrid":
+            x = torch.cat([x] + c_concat, dim=1)
         return self.diffusion_model(x, t, encoder_hidden_states=context).sample
+
+
+def encode_first_stage_stand_in(images: torch.Tensor) -> torch.Tensor:
+    """Stands in for the VAE encoder (there is none): (B, 3, H, W) in [0, 1] -> (B, 4, H/8, W/8) by
+    8x8 mean pooling and a fixed RGB -> 4-channel mix, so a grey image gives a constant latent."""
+    mix = torch.tensor([[0.8, -0.3, 0.2], [0.1, 0.6, -0.4], [-0.5, 0.2, 0.7], [0.3, 0.3, 0.3]])
+    pooled = torch.nn.functional.avg_pool2d(images.float(), OPT_F)
+    return torch.einsum("kc,bchw->bkhw", mix.to(pooled), pooled)
 
 
 class FakeCheckpointInfo:
@@ -135,7 +146,8 @@ class FakeSdModel(torch.nn.Module):
 
     def __init__(self, unet: torch.nn.Module, text_encoder: FakeClipEmbedder, name: str = "fake-sd1") -> None:
         super().__init__()
-        self.model = FakeDiffusionWrapper(unet)
+        # An inpainting checkpoint (9 input channels) is a 'hybrid' LatentInpaintDiffusion.
+        self.model = FakeDiffusionWrapper(unet, "hybrid" if _in_channels(unet) == 9 else "crossattn")
         self.cond_stage_model = text_encoder
         self.cond_stage_key = "crossattn"
         self.parameterization = "eps"
@@ -187,6 +199,10 @@ class FakeSdxlWrapper(torch.nn.Module):
         return self.diffusion_model(x, t, encoder_hidden_states=c["crossattn"], class_labels=c["vector"]).sample
 
 
+def _in_channels(unet: torch.nn.Module) -> int:
+    return int(getattr(getattr(unet, "config", None), "in_channels", 4))
+
+
 class FakeSdxlModel(FakeSdModel):
     """The SDXL ``DiffusionEngine`` surface (modules/sd_models_xl.py): dict conds ``{'crossattn': (B, 77k, C),
     'vector': (B, V)}`` where the vector holds a pooled text embedding and the image size embedding,
@@ -200,6 +216,7 @@ class FakeSdxlModel(FakeSdModel):
         self.conditioner = self.cond_stage_model
         self.cond_stage_key = "txt"
         self.is_sd1, self.is_sdxl = False, True
+        self.is_sdxl_inpaint = _in_channels(unet) == 9  # sd_models.py sets it from the input block's width
         with torch.no_grad():
             self.cond_stage_model_empty_prompt = self.get_learned_conditioning([""])["crossattn"]  # get_empty_cond
 
@@ -224,7 +241,9 @@ class FakeSdxlModel(FakeSdModel):
         return {"crossattn": crossattn, "vector": vector}
 
     def apply_model(self, x_noisy, t, cond):
-        """mirrors sd_models_xl.py: apply_model (1.10.1)."""
+        """mirrors sd_models_xl.py: apply_model (1.10.1): SDXL inpainting concatenates ``c_concat``."""
+        if self.is_sdxl_inpaint:
+            x_noisy = torch.cat([x_noisy] + cond["c_concat"], dim=1)
         return self.model(x_noisy, t, cond)
 
 
@@ -324,15 +343,19 @@ def register_embedding(name: str, vectors: int, seed: int = 0, model: FakeSdMode
 
 
 @_while_installed
-def make_host(seed: int = 0, embeddings: dict[str, int] | None = None) -> FakeSdModel:
-    """Builds the fake SD1 model, installs it as ``shared.sd_model`` and fires ``on_model_loaded``.
+def make_host(seed: int = 0, embeddings: dict[str, int] | None = None, inpainting: bool = False) -> FakeSdModel:
+    """Builds the fake SD1 model (``inpainting``: a 9-channel 'hybrid' inpainting model), installs it as
+    ``shared.sd_model`` and fires ``on_model_loaded``.
 
     Also resets ``shared.opts`` and ``shared.state`` to defaults and gives ``model_hijack`` a new
     embedding database holding ``embeddings`` (name -> vector count; default ``{"emb_v2": 3}``).
     Registered script callbacks are left alone.
     """
     return _install_model(
-        lambda: FakeSdModel(tiny_unet(seed).requires_grad_(False), FakeClipEmbedder(seed), name=f"fake-sd1-{seed}"),
+        lambda: FakeSdModel(
+            tiny_unet(seed, 9 if inpainting else 4).requires_grad_(False), FakeClipEmbedder(seed),
+            name=f"fake-sd1-{'inpainting-' if inpainting else ''}{seed}",
+        ),
         seed,
         {"emb_v2": 3} if embeddings is None else embeddings,
     )
@@ -525,7 +548,15 @@ class FakeProcessing:
         self.s_min_uncond = self.s_min_uncond if self.s_min_uncond is not None else opts.s_min_uncond
 
     def txt2img_image_conditioning(self, x, width=None, height=None):
-        """mirrors processing.py txt2img_image_conditioning for non-inpainting models: zeros (B,5,1,1)."""
+        """mirrors processing.py: txt2img_image_conditioning (1.10.1): inpainting models (SD1 'hybrid',
+        SDXL inpaint) get a mask of ones and the latent of a grey image; others zeros (B, 5, 1, 1)."""
+        model = self.sd_model
+        self.is_using_inpainting_conditioning = model.model.conditioning_key in {"hybrid", "concat"}
+        if self.is_using_inpainting_conditioning or model.is_sdxl_inpaint:
+            grey = torch.ones(x.shape[0], 3, height or self.height, width or self.width) * 0.5
+            image_conditioning = encode_first_stage_stand_in(grey).to(x.device)
+            image_conditioning = torch.nn.functional.pad(image_conditioning, (0, 0, 0, 0, 1, 0), value=1.0)
+            return image_conditioning.to(x.dtype)
         return x.new_zeros(x.shape[0], 5, 1, 1, dtype=x.dtype, device=x.device)
 
     # -- prompts and conditioning
@@ -804,7 +835,22 @@ class FakeImg2ImgProcessing(FakeProcessing):
             latmask = self.image_mask.to(torch.float32).reshape(1, 1, *self.init_latent.shape[2:])
             self.mask = torch.asarray(1.0 - latmask).expand_as(self.init_latent).clone()
             self.nmask = torch.asarray(latmask).expand_as(self.init_latent).clone()
-        self.image_conditioning = self.init_latent.new_zeros(self.init_latent.shape[0], 5, 1, 1)
+        self.image_conditioning = self.img2img_image_conditioning(self.init_latent, self.image_mask)
+
+    def img2img_image_conditioning(self, latent_image: torch.Tensor, image_mask: torch.Tensor | None) -> torch.Tensor:
+        """mirrors processing.py: img2img_image_conditioning + inpainting_image_conditioning (1.10.1) on
+        latents: inpainting models get ``cat([mask, encoded masked image])`` per image (the masked image
+        stands in as ``init_latent * (1 - mask)``, lerped by opts.inpainting_mask_weight); others zeros."""
+        model = self.sd_model
+        if model.model.conditioning_key not in {"hybrid", "concat"} and not model.is_sdxl_inpaint:
+            return latent_image.new_zeros(latent_image.shape[0], 5, 1, 1)
+        self.is_using_inpainting_conditioning = True
+        if image_mask is None:
+            mask = latent_image.new_ones(1, 1, *latent_image.shape[-2:])
+        else:
+            mask = image_mask.to(latent_image).reshape(1, 1, *latent_image.shape[-2:]).round()
+        masked = torch.lerp(latent_image, latent_image * (1.0 - mask), opts.inpainting_mask_weight)
+        return torch.cat([mask.expand(latent_image.shape[0], -1, -1, -1), masked], dim=1)
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         """mirrors StableDiffusionProcessingImg2Img.sample (1.10.1)."""
@@ -996,10 +1042,11 @@ def txt2img(p: FakeProcessing) -> FakeProcessed:
 
 
 @_while_installed
-def make_sdxl_host(seed: int = 0) -> FakeSdxlModel:
+def make_sdxl_host(seed: int = 0, inpainting: bool = False) -> FakeSdxlModel:
     """Like ``make_host`` with the SDXL-shaped model (dict conds, two text encoders); no embeddings."""
     vector = CONTEXT_DIM // 2 + FakeSdxlModel.SIZE_FEATURES
-    unet = tiny_unet(seed, class_embed_type="projection", projection_class_embeddings_input_dim=vector)
+    unet = tiny_unet(seed, 9 if inpainting else 4, class_embed_type="projection",
+                     projection_class_embeddings_input_dim=vector)
     return _install_model(lambda: FakeSdxlModel(unet.requires_grad_(False), seed, name=f"fake-sdxl-{seed}"), seed, {})
 
 
@@ -1012,10 +1059,11 @@ def make_sd3_host(seed: int = 0) -> FakeSd3Model:
 
 
 @contextlib.contextmanager
-def host_session(seed: int = 0, embeddings: dict[str, int] | None = None, arch: str = "sd1"):
+def host_session(seed: int = 0, embeddings: dict[str, int] | None = None, arch: str = "sd1",
+                 inpainting: bool = False):
     """``with host_session() as sd_model:`` - the fake installed and a fresh host made for the block
-    (``arch``: "sd1", "sdxl" or "sd3")."""
-    makers = {"sd1": lambda: make_host(seed, embeddings), "sdxl": lambda: make_sdxl_host(seed),
+    (``arch``: "sd1", "sdxl" or "sd3"; ``inpainting``: the SD1/SDXL 9-channel inpainting model)."""
+    makers = {"sd1": lambda: make_host(seed, embeddings, inpainting), "sdxl": lambda: make_sdxl_host(seed, inpainting),
               "sd3": lambda: make_sd3_host(seed)}
     with installed():
         yield makers[arch]()
