@@ -595,3 +595,58 @@ def test_attention_is_read_from_each_images_prompt_row_not_its_generic_row(forge
         generic_map = explicit_map(calls, row_of(generic_prompts[image]), positions[image], (8, 8))
         assert float((prompt_map - generic_map).abs().max()) > 1e-2  # the rows do attend differently
         assert torch.allclose(maps[0][image].double(), prompt_map, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["txt2img", "img2img inpaint"])
+def test_inpainting_model_generic_rows_carry_their_images_conditioning(forge, mode):
+    """A 9-channel inpainting UNet gets latent + mask + masked-image latent per row (Forge puts
+    ``c_concat`` on every entry and the generic entry is a copy of the prompt's): mask 1 equals the host,
+    balance -1 equals plain CFG on the generic prompt, and in every call a generic row's extra channels
+    are those of its image's prompt row (in img2img the images' masked latents differ)."""
+    from modules import shared
+
+    prompts = ["a photo of sks dog on a beach", "sks cat in snow"]
+    generic_prompts = ["a photo of a dog on a beach", "a cat in snow"]
+    init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:7, 1:6] = 1.0
+    host = harness.make_host("sd15", inpainting=True)
+
+    def generate(degu, prompt=prompts):
+        kwargs = {"prompt": prompt, "batch_size": 2}
+        if mode == "txt2img":
+            p = host.processing(**kwargs)
+        else:
+            p = host.img2img(init, image_mask=mask, denoising_strength=0.8, **kwargs)
+        torch.manual_seed(7)  # Forge's CFGDenoiser re-noises the kept area with the global RNG each step
+        processed = host.run(p, *([] if degu is None else [(forge.DeGuScript(), script_args(**degu))]))
+        processed.p = p
+        return torch.stack(list(processed.images)), processed
+
+    plain, processed = generate(None)
+    assert processed.p.is_using_inpainting_conditioning
+    assert torch.allclose(generate(FULL)[0], plain, atol=1e-5)
+    generic_plain, _ = generate(None, prompt=generic_prompts)
+    generic, processed = generate({**ON, "balance": -1.0, "mask_source": "difference"})
+    _no_errors(processed)
+    assert torch.allclose(generic, generic_plain, atol=1e-4)
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = host.unet.model.diffusion_model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((args[0].clone(), kwargs["encoder_hidden_states"].clone())),
+        with_kwargs=True,
+    )
+    try:
+        guided, processed = generate({**ON, "context_scale": 2.0})
+    finally:
+        handle.remove()
+    _no_errors(processed)
+    assert not torch.allclose(guided, plain, atol=1e-3)
+    conds = [shared.sd_model.get_learned_conditioning(texts) for texts in (prompts, generic_prompts)]
+    assert calls and all(x.shape[:2] == (6, 9) for x, _ in calls)  # 2 uncond, 2 generic, 2 prompt rows
+    for x, context in calls:
+        for image in range(2):
+            (prompt_row,) = [r for r in range(6) if torch.equal(context[r], conds[0][image].to(context))]
+            (generic_row,) = [r for r in range(6) if torch.equal(context[r], conds[1][image].to(context))]
+            assert torch.equal(x[generic_row, 4:], x[prompt_row, 4:])
+            if mode != "txt2img":  # the images' masked latents differ: a row from the wrong image would show
+                assert not torch.equal(x[prompt_row, 5:], x[prompt_row ^ 1, 5:])

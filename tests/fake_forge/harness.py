@@ -222,10 +222,10 @@ _DEFAULTS: dict[str, Any] = dict(
 )
 
 
-def make_host(kind: str = "sd15", seed: int = 0) -> Host:
-    """Build a tiny ``sd_model`` ("sd15": diffusers tiny UNet + CLIP-like engine; "flux": tiny Flux DiT +
-    CLIP-L/T5-like engines, distilled guidance; "sd35": tiny MM-DiT + CLIP-L/G and T5-like engines) and
-    install it as ``shared.sd_model``."""
+def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False) -> Host:
+    """Build a tiny ``sd_model`` ("sd15": diffusers tiny UNet + CLIP-like engine, with ``inpainting`` a
+    9-channel inpainting UNet; "flux": tiny Flux DiT + CLIP-L/T5-like engines, distilled guidance;
+    "sd35": tiny MM-DiT + CLIP-L/G and T5-like engines) and install it as ``shared.sd_model``."""
     _require_installed()
     from backend.diffusion_engine.flux import Flux
     from backend.diffusion_engine.sd15 import StableDiffusion
@@ -239,7 +239,7 @@ def make_host(kind: str = "sd15", seed: int = 0) -> Host:
         from diffusers import DDPMScheduler
 
         components = {
-            "unet": invariant(_sibling("tiny_models").tiny_unet(seed)),
+            "unet": invariant(_sibling("tiny_models").tiny_unet(seed, 9 if inpainting else 4)),
             "scheduler": DDPMScheduler(
                 num_train_timesteps=1000,
                 beta_start=0.00085,
@@ -250,7 +250,7 @@ def make_host(kind: str = "sd15", seed: int = 0) -> Host:
             "text_encoder": invariant(tiny_text.TinyCLIPTextModel(width=32, seed=seed + 1)),
             "tokenizer": tiny_text.FakeCLIPTokenizer(),
         }
-        config = SimpleNamespace(huggingface_repo="runwayml/stable-diffusion-v1-5", inpaint_model=lambda: False)
+        config = SimpleNamespace(huggingface_repo="runwayml/stable-diffusion-v1-5", inpaint_model=lambda: inpainting)
         sd_model = StableDiffusion(config, components)
     elif kind == "flux":
         components = {

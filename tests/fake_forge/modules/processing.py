@@ -262,11 +262,50 @@ class StableDiffusionProcessing:
         self.s_tmax = (self.s_tmax if self.s_tmax is not None else opts.s_tmax) or float("inf")
         self.s_noise = self.s_noise if self.s_noise is not None else opts.s_noise
 
+    # mirrors modules/processing.py: StableDiffusionProcessing.txt2img_image_conditioning and the
+    # module-level txt2img_image_conditioning (Forge dfdcbab6). The fake's VAE is the identity on
+    # latent-sized "images", so the grey image is made at the latent's size.
     def txt2img_image_conditioning(
         self, x: torch.Tensor, width: int | None = None, height: int | None = None
     ) -> torch.Tensor:
+        self.is_using_inpainting_conditioning = self.sd_model.is_inpaint
+        if self.sd_model.is_inpaint:  # a mask of ones and the latent of a grey image
+            grey = torch.ones(x.shape[0], x.shape[1], *x.shape[-2:], device=x.device) * 0.5
+            image_conditioning = self.sd_model.get_first_stage_encoding(self.sd_model.encode_first_stage(grey))
+            image_conditioning = torch.nn.functional.pad(image_conditioning, (0, 0, 0, 0, 1, 0), value=1.0)
+            return image_conditioning.to(x.dtype)
         # not an inpainting model: a dummy that never matches the latent's shape (so no c_concat)
         return x.new_zeros(x.shape[0], 5, 1, 1, dtype=x.dtype, device=x.device)
+
+    # mirrors modules/processing.py: StableDiffusionProcessing.inpainting_image_conditioning (Forge dfdcbab6),
+    # for a tensor mask (1 = repaint)
+    def inpainting_image_conditioning(
+        self, source_image: torch.Tensor, latent_image: torch.Tensor, image_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.is_using_inpainting_conditioning = True
+        if image_mask is not None:
+            conditioning_mask = image_mask.reshape(1, 1, *image_mask.shape[-2:])
+        else:
+            conditioning_mask = source_image.new_ones(1, 1, *source_image.shape[-2:])
+        conditioning_mask = conditioning_mask.to(device=source_image.device, dtype=source_image.dtype)
+        conditioning_image = torch.lerp(
+            source_image,
+            source_image * (1.0 - conditioning_mask),
+            getattr(self, "inpainting_mask_weight", opts.inpainting_mask_weight),
+        )
+        encoded = self.sd_model.encode_first_stage(conditioning_image)
+        conditioning_image = self.sd_model.get_first_stage_encoding(encoded)
+        conditioning_mask = torch.nn.functional.interpolate(conditioning_mask, size=latent_image.shape[-2:])
+        conditioning_mask = conditioning_mask.expand(conditioning_image.shape[0], -1, -1, -1)
+        return torch.cat([conditioning_mask, conditioning_image], dim=1)
+
+    # mirrors modules/processing.py: StableDiffusionProcessing.img2img_image_conditioning (Forge dfdcbab6)
+    def img2img_image_conditioning(
+        self, source_image: torch.Tensor, latent_image: torch.Tensor, image_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.sd_model.is_inpaint:
+            return self.inpainting_image_conditioning(source_image, latent_image, image_mask=image_mask)
+        return latent_image.new_zeros(latent_image.shape[0], 5, 1, 1)
 
     def init(self, all_prompts: list[str], all_seeds: list[int], all_subseeds: list[int]) -> None:
         pass
@@ -805,7 +844,8 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             latmask = self.image_mask.to(latent)  # 1 = repaint
             self.mask = 1.0 - latmask
             self.nmask = latmask
-        self.image_conditioning = self.txt2img_image_conditioning(latent)
+        # The fake's "images" are latents: the source image is the init latent itself.
+        self.image_conditioning = self.img2img_image_conditioning(latent, latent, self.image_mask)
 
     def sample(
         self,

@@ -27,7 +27,7 @@ class ForgeDiffusionEngine:
 
     def __init__(self, estimated_config: Any, huggingface_components: dict[str, Any]) -> None:
         self.model_config = estimated_config
-        self.is_inpaint = False
+        self.is_inpaint = estimated_config.inpaint_model()
         self.forge_objects: ForgeObjects | None = None
         self.forge_objects_original: ForgeObjects | None = None
         self.forge_objects_after_applying_lora: ForgeObjects | None = None
