@@ -597,8 +597,9 @@ def test_attention_is_read_from_each_images_prompt_row_not_its_generic_row(forge
         assert torch.allclose(maps[0][image].double(), prompt_map, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
 @pytest.mark.parametrize("mode", ["txt2img", "img2img inpaint"])
-def test_inpainting_model_generic_rows_carry_their_images_conditioning(forge, mode):
+def test_inpainting_model_generic_rows_carry_their_images_conditioning(forge, mode, kind):
     """A 9-channel inpainting UNet gets latent + mask + masked-image latent per row (Forge puts
     ``c_concat`` on every entry and the generic entry is a copy of the prompt's): mask 1 equals the host,
     balance -1 equals plain CFG on the generic prompt, and in every call a generic row's extra channels
@@ -610,7 +611,7 @@ def test_inpainting_model_generic_rows_carry_their_images_conditioning(forge, mo
     init = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:7, 1:6] = 1.0
-    host = harness.make_host("sd15", inpainting=True)
+    host = harness.make_host(kind, inpainting=True)
 
     def generate(degu, prompt=prompts):
         kwargs = {"prompt": prompt, "batch_size": 2}
@@ -642,6 +643,7 @@ def test_inpainting_model_generic_rows_carry_their_images_conditioning(forge, mo
     _no_errors(processed)
     assert not torch.allclose(guided, plain, atol=1e-3)
     conds = [shared.sd_model.get_learned_conditioning(texts) for texts in (prompts, generic_prompts)]
+    conds = [c["crossattn"] if isinstance(c, dict) else c for c in conds]  # SDXL: dict conds
     assert calls and all(x.shape[:2] == (6, 9) for x, _ in calls)  # 2 uncond, 2 generic, 2 prompt rows
     for x, context in calls:
         for image in range(2):

@@ -223,9 +223,10 @@ _DEFAULTS: dict[str, Any] = dict(
 
 
 def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False) -> Host:
-    """Build a tiny ``sd_model`` ("sd15": diffusers tiny UNet + CLIP-like engine, with ``inpainting`` a
-    9-channel inpainting UNet; "flux": tiny Flux DiT + CLIP-L/T5-like engines, distilled guidance;
-    "sd35": tiny MM-DiT + CLIP-L/G and T5-like engines) and install it as ``shared.sd_model``."""
+    """Build a tiny ``sd_model`` ("sd15": diffusers tiny UNet + CLIP-like engine; "sdxl": the same UNet
+    with a projected class embedding for ``y`` + CLIP-L/G-like engines, dict conds; with ``inpainting``
+    either gets a 9-channel inpainting UNet; "flux": tiny Flux DiT + CLIP-L/T5-like engines, distilled
+    guidance; "sd35": tiny MM-DiT + CLIP-L/G and T5-like engines) and install it as ``shared.sd_model``."""
     _require_installed()
     from backend.diffusion_engine.flux import Flux
     from backend.diffusion_engine.sd15 import StableDiffusion
@@ -252,6 +253,32 @@ def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False) -> Ho
         }
         config = SimpleNamespace(huggingface_repo="runwayml/stable-diffusion-v1-5", inpaint_model=lambda: inpainting)
         sd_model = StableDiffusion(config, components)
+    elif kind == "sdxl":
+        from backend.diffusion_engine.sdxl import SIZE_FEATURES, StableDiffusionXL
+        from diffusers import DDPMScheduler
+
+        vector = 16 + 6 * SIZE_FEATURES  # pooled CLIP-G + the embedded size and crop
+        unet = _sibling("tiny_models").tiny_unet(
+            seed, 9 if inpainting else 4, class_embed_type="projection", projection_class_embeddings_input_dim=vector
+        )
+        components = {
+            "unet": invariant(unet),
+            "scheduler": DDPMScheduler(
+                num_train_timesteps=1000,
+                beta_start=0.00085,
+                beta_end=0.012,
+                beta_schedule="scaled_linear",
+                prediction_type="epsilon",
+            ),
+            "text_encoder": invariant(tiny_text.TinyCLIPTextModel(width=16, seed=seed + 1)),
+            "tokenizer": tiny_text.FakeCLIPTokenizer(),
+            "text_encoder_2": invariant(tiny_text.TinyCLIPTextModel(width=16, seed=seed + 3)),
+            "tokenizer_2": tiny_text.FakeCLIPTokenizer(),
+        }
+        config = SimpleNamespace(
+            huggingface_repo="stabilityai/stable-diffusion-xl-base-1.0", inpaint_model=lambda: inpainting
+        )
+        sd_model = StableDiffusionXL(config, components)
     elif kind == "flux":
         components = {
             "transformer": invariant(_sibling("tiny_flux").tiny_flux(seed)),
@@ -281,7 +308,7 @@ def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False) -> Ho
         )
         sd_model = StableDiffusion3(config, components)
     else:
-        raise ValueError(f"unknown host kind {kind!r} (sd15, flux or sd35)")
+        raise ValueError(f"unknown host kind {kind!r} (sd15, sdxl, flux or sd35)")
 
     info = CheckpointInfo(f"tiny-{kind}-{seed}")
     sd_model.sd_checkpoint_info = info

@@ -56,6 +56,10 @@ class KModel(torch.nn.Module):
             model_output = self.diffusion_model(
                 xc, t, context=context, control=control, transformer_options=transformer_options, **extra_conds
             )
+        elif getattr(self.diffusion_model, "class_embedding", None) is not None:  # SDXL: ``y`` is the label
+            model_output = self.diffusion_model(
+                xc, t, encoder_hidden_states=context, class_labels=extra_conds["y"], return_dict=False
+            )[0]
         else:  # diffusers UNet: extra conds (y, unknown keys) and control are swallowed, as Forge's UNet does
             model_output = self.diffusion_model(xc, t, encoder_hidden_states=context, return_dict=False)[0]
         return self.predictor.calculate_denoised(sigma, model_output.float(), x)
