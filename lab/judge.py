@@ -87,9 +87,14 @@ def labelled_batch(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, d
 
 
 def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Noise and a random slight blur: generated images are never as clean as rendered ones."""
-    noise = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * 0.15
+    """Noise, a faint 2-pixel grid and a random slight blur: generated images are never as clean as
+    rendered ones. The grid is what the 2x2-folded latent leaves when one sub-pixel channel is a
+    little off; it must not read as a texture (the scenes' textures have a 4-pixel period)."""
+    batch = images.shape[0]
+    noise = torch.rand(batch, 1, 1, 1, generator=generator) * 0.15
     images = images + noise * torch.randn(images.shape, generator=generator)
+    grid = torch.randn(batch, 3, 2, 2, generator=generator) * torch.rand(batch, 1, 1, 1, generator=generator) * 0.15
+    images = images + grid.repeat(1, 1, images.shape[-2] // 2, images.shape[-1] // 2)
     blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     mix = torch.rand(images.shape[0], 1, 1, 1, generator=generator) * 0.6
     return (images + mix * (blurred - images)).clamp(-1, 1)

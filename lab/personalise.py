@@ -50,9 +50,9 @@ class Recipe:
 
 
 RECIPES = {
-    "dreambooth": Recipe(steps=400, lr=1e-4, prior_weight=1.0),
-    "lora": Recipe(steps=400, lr=1e-3, prior_weight=1.0),
-    "ti": Recipe(steps=500, lr=5e-3, prior_weight=0.0),
+    "dreambooth": Recipe(steps=600, lr=2e-4, prior_weight=1.0),
+    "lora": Recipe(steps=600, lr=2e-3, prior_weight=1.0),
+    "ti": Recipe(steps=600, lr=1e-2, prior_weight=0.0),
 }
 
 

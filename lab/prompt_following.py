@@ -8,7 +8,8 @@ followed when the judge finds it: the named shape (at least ``MIN_REGION`` pixel
 pattern (the majority inside that shape's pixels), the background colour and texture (the majority
 of the background pixels). For personalised models: *learned* is the share of samples in the
 subject's training context whose subject has the subject's appearance (fidelity >= 0.5); *class
-kept* is the share of generic-prompt samples ("a circle ...") that show the subject anyway.
+kept* is the share of generic-prompt samples ("a circle ...") that show the subject anyway, in the
+held-out contexts (what DeGu's context stream asks for) and in the training context.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def follow_rates(model: lab_model.Miniature, judge: lab_judge.Judge, count: int,
                 region = reading.region[i] == lab_judge.REGIONS.index(thing.shape)
                 present = int(region.sum()) >= scoring.MIN_REGION
                 hits["shape"].append(present)
-                hits["colour"].append(present and _majority(reading.colour[i], region)
-                                      == lab_judge.COLOURS.index(thing.colour))
-                hits["pattern"].append(present and _majority(reading.striped[i], region) == int(thing.striped))
+                if present:  # colour and pattern are read where the shape was drawn
+                    hits["colour (shape found)"].append(
+                        _majority(reading.colour[i], region) == lab_judge.COLOURS.index(thing.colour))
+                    hits["pattern (shape found)"].append(_majority(reading.striped[i], region) == int(thing.striped))
             if len(scene.things) == 2:
                 hits["both objects"].append(all(
                     int((reading.region[i] == lab_judge.REGIONS.index(t.shape)).sum()) >= scoring.MIN_REGION
@@ -64,15 +66,24 @@ def follow_rates(model: lab_model.Miniature, judge: lab_judge.Judge, count: int,
 
 
 def personalisation_rates(model: lab_model.Miniature, judge: lab_judge.Judge, subject: Subject,
-                          seeds: Sequence[int]) -> tuple[float, float]:
-    """(learned, shown by the class word): fidelity >= 0.5 in the training context, with and without
-    the token."""
+                          seeds: Sequence[int]) -> tuple[float, float, float]:
+    """Shares of samples whose subject has the subject's appearance (fidelity >= 0.5):
+    (learned: the token in its training context; class word, held-out contexts: "a circle on ..."
+    where DeGu's context stream asks for it; class word in the training context)."""
+    from lab.experiment import contexts  # the experiment's held-out contexts
+
     own = scoring.Context(subject.background, subject.texture)
+    held_out = contexts(subject, "all")
+    asks = [
+        [own.prompt(f"{subject.token} {subject.shape}")] * len(seeds),
+        [held_out[i % len(held_out)].prompt(subject.shape) for i in range(len(seeds))],
+        [own.prompt(subject.shape)] * len(seeds),
+    ]
     rates = []
-    for words in (f"{subject.token} {subject.shape}", subject.shape):
-        images = sample(model, [own.prompt(words)] * len(seeds), list(seeds)).images
+    for prompts in asks:
+        images = sample(model, prompts, list(seeds)).images
         rates.append(float((scoring.fidelity(lab_judge.read(judge, images), subject) >= 0.5).float().mean()))
-    return rates[0], rates[1]
+    return rates[0], rates[1], rates[2]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -89,8 +100,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         seeds = list(range(100, 116))
         for subject in SUBJECTS:
             for method in personalise.METHODS:
-                learned, shown = personalisation_rates(personalise.load(subject, method, base), judge, subject, seeds)
-                print(f"{subject.token:<5} {method:<10} learned {learned:.2f}  class word shows subject {shown:.2f}")
+                learned, shown, shown_own = personalisation_rates(
+                    personalise.load(subject, method, base), judge, subject, seeds)
+                print(f"{subject.token:<5} {method:<10} learned {learned:.2f}  class word shows the subject: "
+                      f"held-out contexts {shown:.2f}, training context {shown_own:.2f}")
 
 
 if __name__ == "__main__":
