@@ -69,8 +69,9 @@ def contexts(subject: Subject, split: str) -> list[Context]:
     return [c for i, c in enumerate(chosen) if i % 4 in keep]
 
 
-def degu_settings(subject: Subject, **changes: object) -> DeGuSettings:
-    return DeGuSettings.from_dict({"enabled": True, "subject": subject.token, "generic": "", **changes})
+def degu_settings(who: Subject, **changes: object) -> DeGuSettings:
+    """DeGu on, subject token ``who.token`` removed for the generic prompt, then ``changes``."""
+    return DeGuSettings.from_dict({"enabled": True, "subject": who.token, "generic": "", **changes})
 
 
 _degu_settings = degu_settings
@@ -153,12 +154,16 @@ def advantage(rows: Sequence[Row], variant: str = "attention") -> float:
 def run_pair(
     model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
     cases: Sequence[tuple[Context, int]], *, sweep: bool = True, overrides: Mapping[str, object] | None = None,
+    phrase: bool = False,
 ) -> list[Row]:
     """Every variant for one personalised model. ``overrides`` replace DeGu's defaults (mask settings
-    to try) in the DeGu variants, under the variant's own changes."""
+    to try) in the DeGu variants, under the variant's own changes. ``phrase``: the subject field holds
+    the token and the class word ("sks circle" -> "circle"): the same generic prompt, and the mask
+    reads the attention of both words."""
 
-    def degu_settings(subject: Subject, **changes: object) -> DeGuSettings:
-        return _degu_settings(subject, **{**(overrides or {}), **changes})
+    def degu_settings(who: Subject, **changes: object) -> DeGuSettings:
+        words = {"subject": f"{who.token} {who.shape}", "generic": who.shape} if phrase else {}
+        return _degu_settings(who, **{**words, **(overrides or {}), **changes})
 
     variants: list[tuple[str, DeGuSettings | None, bool]] = [
         ("prompt", None, False),
@@ -241,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-sweep", action="store_true", help="only the global curve and the defaults")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                         help="DeGu settings to use instead of the defaults, e.g. threshold=0.6 ema=0")
+    parser.add_argument("--phrase", action="store_true",
+                        help="subject field 'sks circle', generic 'circle' (instead of 'sks', removed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every row here")
     parser.add_argument("--plot", type=Path, help="write the fidelity-vs-editability plot here (needs matplotlib)")
@@ -255,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cases = [(context, seed) for context in contexts(subject, args.split) for seed in args.seeds]
         for method in args.methods:
             pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
-                            sweep=not args.no_sweep, overrides=overrides)
+                            sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase)
             rows += pair
             advantages.append(advantage(pair))
             attention = next(r for r in pair if r.variant == "attention")

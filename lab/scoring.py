@@ -78,10 +78,15 @@ def region_at_latent(region: torch.Tensor, size: int = 16) -> torch.Tensor:
 
 
 def iou(mask: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Per image IoU of ``mask >= 0.5`` (B, 1, h, w) with ``region`` (B, h, w); 0 if both empty."""
+    """Per image IoU of ``mask >= 0.5`` (B, 1, h, w) with ``region`` (B, h, w).
+
+    NaN where the image has no subject region (the model did not draw the subject's shape): there
+    is nothing to localise, and the mean is taken over the images that have one.
+    """
     predicted = mask[:, 0] >= 0.5
     union = (predicted | region).flatten(1).sum(1)
-    return (predicted & region).flatten(1).sum(1) / union.clamp_min(1)
+    value = (predicted & region).flatten(1).sum(1) / union.clamp_min(1)
+    return torch.where(region.flatten(1).any(1), value, torch.full_like(value, float("nan")))
 
 
 def auroc(scores: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
