@@ -20,7 +20,9 @@ from torch import nn
 
 from lib_degu.mask import resize
 
-DEFAULT_DOWNSAMPLE_FACTORS = (2, 4)  # SD1.x at 512 px: the 32x32 and 16x16 attention levels
+# Only the 1/2-resolution level (SD1.x at 512 px: 32x32): on the trained miniatures the 1/4 level
+# ranks subject pixels at chance (AUROC 0.53) and averaging it in drags the map down (0.74 -> 0.70).
+DEFAULT_DOWNSAMPLE_FACTORS = (2,)
 
 
 def find_cross_attention(root: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 # A high quantile, not the max: one hot pixel must not flatten the whole map.
 NORMALISE_QUANTILE = 0.98
+# Cross-attention has a floor everywhere: without subtracting a low quantile, the background stays
+# above any useful threshold (measured on the trained miniatures: README, "Does it work?").
+NORMALISE_LOW_QUANTILE = 0.05
 _EPS = 1e-8
 
 
@@ -55,11 +58,24 @@ def attention_map(layer_maps: Sequence[torch.Tensor], size: tuple[int, int]) -> 
     return total / len(layer_maps)
 
 
-def normalise(maps: torch.Tensor, quantile: float = NORMALISE_QUANTILE) -> torch.Tensor:
-    """Per image: divide by a high quantile and clip to [0, 1]."""
+def normalise(
+    maps: torch.Tensor, quantile: float = NORMALISE_QUANTILE, low_quantile: float | None = NORMALISE_LOW_QUANTILE
+) -> torch.Tensor:
+    """Per image: map the ``low_quantile`` to 0 and ``quantile`` to 1, clipped to [0, 1].
+
+    ``low_quantile=None`` keeps 0 at 0 (divide by the high quantile). A flat map (no spread between
+    the quantiles: nothing is known about where the subject is) becomes 1 everywhere, so DeGu is the
+    plain prompt there rather than a mask made of rounding noise.
+    """
     flat = maps.float().flatten(1)
-    scale = torch.quantile(flat, quantile, dim=1).clamp_min(_EPS)
-    return (maps.float() / scale[:, None, None]).clamp(0.0, 1.0)
+    top = torch.quantile(flat, quantile, dim=1)
+    if low_quantile is None:
+        return (maps.float() / top.clamp_min(_EPS)[:, None, None]).clamp(0.0, 1.0)
+    bottom = torch.quantile(flat, low_quantile, dim=1)
+    spread = top - bottom
+    scaled = ((maps.float() - bottom[:, None, None]) / spread.clamp_min(_EPS)[:, None, None]).clamp(0.0, 1.0)
+    flat_map = spread <= 1e-6 * top.abs().clamp_min(_EPS)
+    return torch.where(flat_map[:, None, None], torch.ones_like(scaled), scaled)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -103,6 +119,8 @@ class MaskState:
     def update(self, mask: torch.Tensor, ema: float) -> torch.Tensor:
         prev = self.previous
         if prev is not None and prev.shape == mask.shape and ema > 0:
+            # A non-finite step (DeGu stepped aside for it) must not poison every later step.
+            prev = torch.where(torch.isfinite(prev), prev, mask)
             mask = ema * prev + (1 - ema) * mask
         self.previous = mask
         return mask

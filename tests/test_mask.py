@@ -1,5 +1,6 @@
 """Mask refinement: balance endpoints, monotonicity, robust normalisation, any latent size."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,20 @@ def test_normalise_uses_a_high_quantile_so_one_hot_pixel_does_not_flatten_the_ma
     assert out.max() == 1.0 and out.min() == 1.0  # the bulk at 0.5 is the quantile: it maps to 1
     divided_by_max = raw / raw.max()
     assert divided_by_max[0, 5, 5] < 0.001
+
+
+def test_normalise_subtracts_the_floor_so_the_background_goes_to_zero():
+    # Cross-attention's floor: background at 0.3, subject at 0.5 (mass ratio 1.7, as trained models show).
+    raw = torch.full((1, 20, 20), 0.3)
+    raw[0, 5:10, 5:10] = 0.5
+    out = M.normalise(raw)
+    assert out[0, 0, 0] == 0.0 and out[0, 7, 7] == 1.0
+    divided_by_quantile = M.normalise(raw, low_quantile=None)
+    assert divided_by_quantile[0, 0, 0] == pytest.approx(0.6)  # above any useful threshold
+
+
+def test_a_flat_map_normalises_to_ones():
+    assert torch.equal(M.normalise(torch.full((2, 4, 4), 0.013)), torch.ones(2, 4, 4))
 
 
 def test_normalise_is_per_image():

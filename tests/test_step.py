@@ -66,3 +66,14 @@ def test_non_finite_prediction_steps_aside_for_that_image_and_is_counted():
     assert torch.equal(delta[1], torch.zeros_like(delta[1]))
     assert torch.isfinite(delta).all() and delta[0].abs().sum() > 0
     assert int(guide.nonfinite_steps) == 1
+
+
+def test_one_non_finite_step_does_not_poison_the_later_steps_through_the_mask_ema():
+    u, s, g = _preds()
+    guide = Guide(DeGuSettings(enabled=True, mask_source="difference", ema=0.5))
+    bad = g.clone()
+    bad[1, 0, 0, 0] = float("nan")
+    guide.delta(u, s, bad, cfg_scale=7.0)
+    delta = guide.delta(u, s, g, cfg_scale=7.0)  # finite again: DeGu guides this image again
+    assert torch.isfinite(delta).all() and delta[1].abs().sum() > 0
+    assert int(guide.nonfinite_steps) == 1
