@@ -3,8 +3,8 @@
 (function () {
     const degu_hints = {
     "enabled": "Turn Decoupled Guidance on.",
-    "subject": "The word(s) that name your personalised subject in the prompt: sks, ohwx, a trigger word or an embedding name.",
-    "generic": "What the subject becomes in the context prompt, e.g. 'a' for 'sks dog' -> 'a dog'. Empty removes the subject word.",
+    "subject": "The word(s) that name your personalised subject in the prompt: sks, ohwx, a trigger word or an embedding name. Include the class word (sks dog, generic dog): the mask then follows both words and finds the subject better.",
+    "generic": "What the subject becomes in the context prompt: 'dog' for 'sks dog' -> 'dog', 'a' for 'sks dog' -> 'a dog'. Empty removes the subject word.",
     "identity_scale": "Multiplies the guidance of the prompt as written, inside the subject mask.",
     "context_scale": "Multiplies the guidance of the generic prompt, outside the subject mask.",
     "balance": "+1: identity guidance everywhere (max fidelity). -1: generic guidance everywhere (max editability). 0: the estimated subject mask.",

@@ -40,14 +40,15 @@ class DeGuSettings:
         metadata={"spec": FieldSpec(
             "Subject token(s)", "DeGu subject",
             "The word(s) that name your personalised subject in the prompt: sks, ohwx, a trigger "
-            "word or an embedding name.")},
+            "word or an embedding name. Include the class word (sks dog, generic dog): the mask then "
+            "follows both words and finds the subject better.")},
     )
     generic: str = field(
         default="",
         metadata={"spec": FieldSpec(
             "Generic word", "DeGu generic",
-            "What the subject becomes in the context prompt, e.g. 'a' for 'sks dog' -> 'a dog'. "
-            "Empty removes the subject word.")},
+            "What the subject becomes in the context prompt: 'dog' for 'sks dog' -> 'dog', 'a' for "
+            "'sks dog' -> 'a dog'. Empty removes the subject word.")},
     )
     identity_scale: float = field(
         default=1.0,
