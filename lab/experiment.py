@@ -16,9 +16,9 @@ is scored by the judge (``lab.scoring``):
                the balance, ``attention id=..`` the identity scale
 
 The table gives mean fidelity, editability and mask IoU/AUROC (against the subject's region in the
-image DeGu generated). ``advantage`` is the attention mask's fidelity minus the best fidelity of
-any global mix at least as editable (``global_fidelity_at``). The last line is for scripts:
-``quality iou=<mean IoU at the defaults> advantage=<mean advantage>``.
+image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
+fidelity at the same editability, on the global points' Pareto front (``global_fidelity_at``).
+The last line is for scripts: ``quality iou=<mean IoU at the defaults> advantage=<mean advantage>``.
 """
 
 from __future__ import annotations
@@ -133,16 +133,23 @@ def summarise(method: str, subject: Subject, variant: str, out: dict) -> Row:
 
 
 def global_fidelity_at(rows: Sequence[Row], editability: float) -> float:
-    """The best fidelity the global mix reaches while at least as editable as ``editability``.
+    """The global mix's fidelity at ``editability``, on its measured Pareto front.
 
-    Conservative on purpose: with measured (noisy) points, a spatial mask has an advantage only if
-    it beats every global mix that is as editable. Where no global point is that editable, the
-    most editable one stands in.
+    The front keeps the global points that no more editable point beats in fidelity; between them
+    the fidelity is linear in editability; beyond the ends it is the end's. A mask that is nearly
+    constant lands next to a global point and gets ≈ 0, however narrow the editability axis is.
     """
-    as_editable = [r.fidelity for r in rows if r.editability >= editability]
-    if as_editable:
-        return max(as_editable)
-    return max(rows, key=lambda r: r.editability).fidelity
+    front: list[tuple[float, float]] = []
+    for r in sorted(rows, key=lambda r: -r.editability):
+        if not front or r.fidelity > front[-1][1]:
+            front.append((r.editability, r.fidelity))
+    front.reverse()  # least editable (most faithful) first
+    if editability <= front[0][0]:
+        return front[0][1]
+    for (e0, f0), (e1, f1) in zip(front, front[1:], strict=False):
+        if editability <= e1:
+            return f0 + (f1 - f0) * (editability - e0) / (e1 - e0)
+    return front[-1][1]
 
 
 def advantage(rows: Sequence[Row], variant: str = "attention") -> float:
