@@ -652,3 +652,48 @@ def test_inpainting_model_generic_rows_carry_their_images_conditioning(forge, mo
             assert torch.equal(x[generic_row, 4:], x[prompt_row, 4:])
             if mode != "txt2img":  # the images' masked latents differ: a row from the wrong image would show
                 assert not torch.equal(x[prompt_row, 5:], x[prompt_row ^ 1, 5:])
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "DDIM CFG++", "PLMS"])
+def test_timestep_samplers_through_classic_ddim_eps_estimation(forge, sampler):
+    """Forge's DDIM, DDIM CFG++ and PLMS (CFGDenoiserTimesteps: timesteps in, VP latent scaled to the
+    model's sigma, the guided x0 turned back into eps; PLMS calls twice in its first step) reach DeGu
+    like every other sampler: off is bit-identical, the full mask at scales 1 is the host's result,
+    balance -1 is plain CFG on the generic prompt, and the difference mask guides."""
+    plain, _ = _run(forge, sampler_name=sampler, steps=4)
+    settings = {**ON, "context_scale": 1.5, "mask_source": "difference"}
+    off, _ = _run(forge, degu={**settings, "enabled": False}, sampler_name=sampler, steps=4)
+    assert torch.equal(off, plain)
+    full, processed = _run(forge, degu=FULL, sampler_name=sampler, steps=4)
+    _no_errors(processed)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "full"
+    assert torch.allclose(full, plain, atol=1e-4)
+    generic_plain, _ = _run(forge, prompt="a photo of a dog on a beach", sampler_name=sampler, steps=4)
+    generic, _ = _run(forge, degu={**ON, "balance": -1.0, "mask_source": "difference"}, sampler_name=sampler, steps=4)
+    assert torch.allclose(generic, generic_plain, atol=1e-4)
+    assert not torch.allclose(generic_plain, plain, atol=1e-3)  # the two prompts do differ
+    guided, processed = _run(forge, degu=settings, sampler_name=sampler, steps=4)
+    _no_errors(processed)
+    assert not torch.allclose(guided, plain, atol=1e-3)
+
+
+def test_timestep_sampler_img2img_inpaint_keeps_the_hosts_blend(forge):
+    """DDIM img2img with a mask: the classic eps branch blends the noised original into the scaled
+    latent before guidance; DeGu at the full mask equals the host, balance -1 the generic prompt."""
+    host = harness.make_host("sd15")
+    init = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1.0
+
+    def inpaint(degu, prompt="a photo of sks dog"):
+        p = host.img2img(init, image_mask=mask, denoising_strength=0.75, sampler_name="DDIM", steps=4, prompt=prompt)
+        scripts = [] if degu is None else [(forge.DeGuScript(), script_args(**degu))]
+        torch.manual_seed(7)  # Forge's CFGDenoiser re-noises the kept area with the global RNG each step
+        return torch.stack(list(host.run(p, *scripts).images))
+
+    plain = inpaint(None)
+    assert torch.allclose(inpaint(FULL), plain, atol=1e-4)
+    generic_plain = inpaint(None, prompt="a photo of a dog")
+    assert torch.allclose(inpaint({**ON, "balance": -1.0, "mask_source": "difference"}), generic_plain, atol=1e-4)
+    guided = inpaint({**ON, "context_scale": 2.0, "mask_source": "difference"})
+    assert not torch.allclose(guided, plain, atol=1e-3)

@@ -1,14 +1,17 @@
 """Sampler registry. Own re-implementation; mirrors modules/sd_samplers.py: all_samplers,
 find_sampler_config, create_sampler (Forge dfdcbab6). The fake offers Euler (the default, first)
-and Heun (second order: total_steps doubles)."""
+and Heun (second order: total_steps doubles), and the timestep samplers DDIM, DDIM CFG++ and PLMS."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from modules import sd_samplers_common, sd_samplers_kdiffusion
+from modules import sd_samplers_common, sd_samplers_kdiffusion, sd_samplers_timesteps
 
-all_samplers: list[sd_samplers_common.SamplerData] = [*sd_samplers_kdiffusion.samplers_data_k_diffusion]
+all_samplers: list[sd_samplers_common.SamplerData] = [
+    *sd_samplers_kdiffusion.samplers_data_k_diffusion,
+    *sd_samplers_timesteps.samplers_data_timesteps,
+]
 all_samplers_map = {x.name: x for x in all_samplers}
 
 

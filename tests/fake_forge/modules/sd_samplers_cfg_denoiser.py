@@ -2,7 +2,9 @@
 
 Own re-implementation; mirrors modules/sd_samplers_cfg_denoiser.py: CFGDenoiser (Forge dfdcbab6).
 As in Forge, ``forward`` goes through backend's ``sampling_function``; ``combine_denoised`` exists but
-is never called and ``on_cfg_denoised`` callbacks are never fired.
+is never called and ``on_cfg_denoised`` callbacks are never fired. With ``classic_ddim_eps_estimation``
+(the timestep samplers, modules/sd_samplers_timesteps.py) it takes a timestep and a VP latent and
+returns a noise prediction.
 """
 
 from __future__ import annotations
@@ -103,6 +105,14 @@ class CFGDenoiser(torch.nn.Module):
 
         original_x_device, original_x_dtype = x.device, x.dtype
 
+        if self.classic_ddim_eps_estimation:
+            # the timestep samplers: timestep -> the model's sigma, VP latent -> k-diffusion latent
+            acd = self.inner_model.inner_model.alphas_cumprod
+            fake_sigmas = ((1 - acd) / acd) ** 0.5
+            real_sigma = fake_sigmas[sigma.round().long().clip(0, int(fake_sigmas.shape[0]))]
+            x = x * ((real_sigma**2.0 + 1.0) ** 0.5)[:, None, None, None]  # sigma_data = 1
+            sigma = real_sigma
+
         if sd_samplers_common.apply_refiner(self, x):
             cond = self.sampler.sampler_extra_args["cond"]
             uncond = self.sampler.sampler_extra_args["uncond"]
@@ -162,4 +172,8 @@ class CFGDenoiser(torch.nn.Module):
         denoised = after_cfg_callback_params.x
 
         self.step += 1
+
+        if self.classic_ddim_eps_estimation:
+            return (x - denoised) / sigma[:, None, None, None]  # as in Forge: not cast back
+
         return denoised.to(device=original_x_device, dtype=original_x_dtype)

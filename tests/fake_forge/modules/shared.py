@@ -20,6 +20,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "s_tmax": 0.0,
     "s_noise": 1.0,
     "eta_ancestral": 1.0,
+    "eta_ddim": 0.0,
     "eta_noise_seed_delta": 0,
     "CLIP_stop_at_last_layers": 1,
     "use_old_scheduling": False,
