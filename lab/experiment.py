@@ -74,9 +74,6 @@ def degu_settings(who: Subject, **changes: object) -> DeGuSettings:
     return DeGuSettings.from_dict({"enabled": True, "subject": who.token, "generic": "", **changes})
 
 
-_degu_settings = degu_settings
-
-
 @dataclass
 class Row:
     method: str
@@ -168,20 +165,21 @@ def run_pair(
     the token and the class word ("sks circle" -> "circle"): the same generic prompt, and the mask
     reads the attention of both words."""
 
-    def degu_settings(who: Subject, **changes: object) -> DeGuSettings:
-        words = {"subject": f"{who.token} {who.shape}", "generic": who.shape} if phrase else {}
-        return _degu_settings(who, **{**words, **(overrides or {}), **changes})
+    words = {"subject": f"{subject.token} {subject.shape}", "generic": subject.shape} if phrase else {}
+
+    def degu(**changes: object) -> DeGuSettings:
+        return degu_settings(subject, **{**words, **(overrides or {}), **changes})
 
     variants: list[tuple[str, DeGuSettings | None, bool]] = [
         ("prompt", None, False),
         ("generic", None, True),
-        *((f"global {m:g}", degu_settings(subject, mask_source="full", balance=m - 1), False) for m in GLOBAL_LEVELS),
-        ("difference", degu_settings(subject, mask_source="difference"), False),
-        ("attention", degu_settings(subject), False),
+        *((f"global {m:g}", degu(mask_source="full", balance=m - 1), False) for m in GLOBAL_LEVELS),
+        ("difference", degu(mask_source="difference"), False),
+        ("attention", degu(), False),
     ]
     if sweep:
-        variants += [(f"attention b={b:g}", degu_settings(subject, balance=b), False) for b in BALANCE_SWEEP]
-        variants += [(f"attention id={a:g}", degu_settings(subject, identity_scale=a), False) for a in IDENTITY_SWEEP]
+        variants += [(f"attention b={b:g}", degu(balance=b), False) for b in BALANCE_SWEEP]
+        variants += [(f"attention id={a:g}", degu(identity_scale=a), False) for a in IDENTITY_SWEEP]
     return [
         summarise(method, subject, name, run_variant(model, judge, subject, cases, settings, generic_prompt=generic))
         for name, settings, generic in variants
