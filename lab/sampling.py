@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lab.model import CONTEXT_LENGTH, LATENT_CHANNELS, LATENT_SIZE, Miniature, Schedule, to_image
+from lib_degu import guidance
 from lib_degu.attention import AttentionCapture, token_indicator
 from lib_degu.prompts import make_generic_prompt
 from lib_degu.settings import DeGuSettings
@@ -30,7 +31,6 @@ ETA = 1.0  # DDIM's eta: 1 is ancestral (DDPM-like) sampling, which forgives a s
 class Result:
     images: torch.Tensor  # (B, 3, 32, 32) in [-1, 1]
     masks: list[torch.Tensor] = field(default_factory=list)  # per step (B, 1, 16, 16): the mask DeGu used
-    attention: list[torch.Tensor] = field(default_factory=list)  # per step (B, 16, 16): raw captured maps
     probed: list[list[torch.Tensor]] = field(default_factory=list)  # per probe, per step (B, 16, 16)
 
 
@@ -98,11 +98,9 @@ def sample(
                 eps = guide(u, s, g, cfg_scale=cfg_scale, attention=attention).output
                 if keep_maps:
                     result.masks.append(guide.last_mask.clone())
-                    if attention is not None:
-                        result.attention.append(attention.clone())
             else:
                 s, u = eps.chunk(2)
-                eps = u + cfg_scale * (s - u)
+                eps = guidance.cfg(u, s, cfg_scale)
             a_t = alphas[t]
             a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
             # Static thresholding, as pixel-space diffusion does: x0 lives in [-1, 1]; the noise
