@@ -14,6 +14,7 @@
   order of alwayson script hooks; ``txt2img(p)`` runs it inside ``state.begin()`` and ``closing(p)``.
 
 There is no VAE: "images" are the final latents (CPU, float32), deterministic from the seeds.
+``AUTOCAST_DTYPE = torch.bfloat16`` runs conds and sampling under CPU autocast (float32 otherwise).
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ OPT_C = 4  # latent channels (modules/processing.py opt_C)
 OPT_F = 8  # pixels per latent cell (modules/processing.py opt_f)
 
 FakeSampler = KDiffusionSampler  # the one sampler class of the fake (modules/sd_samplers_kdiffusion.py)
+
+# The dtype the host's autocast runs in (A1111 on a GPU: fp16, or bf16 with --precision autocast), or
+# None for float32 without autocast (the default, as with --no-half on the CPU). Tests set it to
+# torch.bfloat16: conds and sampling then run under CPU autocast, as below.
+AUTOCAST_DTYPE: torch.dtype | None = None
+
+
+def autocast() -> Any:
+    """mirrors modules/devices.py: autocast (1.10.1) -- torch.autocast in the host's dtype, or nothing."""
+    if AUTOCAST_DTYPE is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=AUTOCAST_DTYPE)
 
 
 def _while_installed(function: Any) -> Any:
@@ -629,7 +642,8 @@ class FakeProcessing:
                 return cache[1]
 
         cache = caches[0]
-        cache[1] = function(shared.sd_model, required_prompts, steps, hires_steps, opts.use_old_scheduling)
+        with autocast():
+            cache[1] = function(shared.sd_model, required_prompts, steps, hires_steps, opts.use_old_scheduling)
         cache[0] = params
         return cache[1]
 
@@ -1000,14 +1014,15 @@ def process_images(p: FakeProcessing) -> FakeProcessed:
             for comment in sd_hijack.model_hijack.comments:
                 p.comment(comment)
 
-            samples = p.sample(
-                conditioning=p.c,
-                unconditional_conditioning=p.uc,
-                seeds=p.seeds,
-                subseeds=p.subseeds,
-                subseed_strength=p.subseed_strength,
-                prompts=p.prompts,
-            )
+            with autocast():  # processing.py: devices.without_autocast() only when the UNet needs upcast
+                samples = p.sample(
+                    conditioning=p.c,
+                    unconditional_conditioning=p.uc,
+                    seeds=p.seeds,
+                    subseeds=p.subseeds,
+                    subseed_strength=p.subseed_strength,
+                    prompts=p.prompts,
+                )
             if p.scripts is not None:
                 ps = PostSampleArgs(samples)
                 p.scripts.post_sample(p, ps)

@@ -222,11 +222,15 @@ _DEFAULTS: dict[str, Any] = dict(
 )
 
 
-def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False) -> Host:
+def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False, dtype: torch.dtype = torch.float32) -> Host:
     """Build a tiny ``sd_model`` ("sd15": diffusers tiny UNet + CLIP-like engine; "sdxl": the same UNet
     with a projected class embedding for ``y`` + CLIP-L/G-like engines, dict conds; with ``inpainting``
     either gets a 9-channel inpainting UNet; "flux": tiny Flux DiT + CLIP-L/T5-like engines, distilled
-    guidance; "sd35": tiny MM-DiT + CLIP-L/G and T5-like engines) and install it as ``shared.sd_model``."""
+    guidance; "sd35": tiny MM-DiT + CLIP-L/G and T5-like engines) and install it as ``shared.sd_model``.
+
+    ``dtype`` (e.g. torch.bfloat16): the diffusion model's storage and computation dtype, as Forge's
+    loader sets them on a GPU (backend/loader.py); ``KModel.apply_model`` casts the inputs to it and
+    the output back to float32. Forge's ``devices.autocast()`` is a no-op: no autocast is involved."""
     _require_installed()
     from backend.diffusion_engine.flux import Flux
     from backend.diffusion_engine.sd15 import StableDiffusion
@@ -309,6 +313,10 @@ def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False) -> Ho
         sd_model = StableDiffusion3(config, components)
     else:
         raise ValueError(f"unknown host kind {kind!r} (sd15, sdxl, flux or sd35)")
+
+    k_model = sd_model.forge_objects.unet.model
+    k_model.diffusion_model.to(dtype)
+    k_model.storage_dtype = k_model.computation_dtype = dtype
 
     info = CheckpointInfo(f"tiny-{kind}-{seed}")
     sd_model.sd_checkpoint_info = info
