@@ -27,6 +27,8 @@ BALANCE_ENDS = (
 
 if HOST == "forge":
     from lib_degu.hosts import forge as adapter
+
+    adapter.register_callbacks()
 elif HOST == "a1111":
     from lib_degu.hosts import a1111 as adapter
 

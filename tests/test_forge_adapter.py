@@ -697,3 +697,65 @@ def test_timestep_sampler_img2img_inpaint_keeps_the_hosts_blend(forge):
     assert torch.allclose(inpaint({**ON, "balance": -1.0, "mask_source": "difference"}), generic_plain, atol=1e-4)
     guided = inpaint({**ON, "context_scale": 2.0, "mask_source": "difference"})
     assert not torch.allclose(guided, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_refiner_switch_steps_aside_after_the_switch_with_a_message(forge, sampler):
+    """Forge's apply_refiner loads the refiner in the middle of the pass: a new shared.sd_model whose
+    UnetPatcher has none of DeGu's hooks, recomputed conds, and no new process_before_every_sampling.
+    DeGu guides the base model's steps, says it is off after the switch, and leaves the refiner's steps
+    to the host; the next generation starts again from the base model."""
+    from modules import shared
+
+    host = harness.make_host("sd15")
+    rows: dict[str, list[int]] = {"base": [], "refiner": []}
+
+    def count(name):
+        return lambda m, args, kwargs: rows[name].append((args[0] if args else kwargs["sample"]).shape[0])
+
+    host.unet.model.diffusion_model.register_forward_pre_hook(count("base"), with_kwargs=True)
+
+    def load_refiner():
+        model = harness.checkpoint("refiner", seed=7).loader()
+        model.forge_objects.unet.model.diffusion_model.register_forward_pre_hook(count("refiner"), with_kwargs=True)
+        return model
+
+    def generate(degu, switch_at=0.5):
+        for calls in rows.values():
+            calls.clear()
+        p = host.processing(prompt="a photo of sks dog on a beach", sampler_name=sampler, steps=4)
+        if switch_at is not None:
+            p.refiner_checkpoint_info = harness.checkpoint("refiner", seed=7)
+            p.refiner_checkpoint_info.loader = load_refiner
+            p.refiner_switch_at = switch_at
+        scripts = [] if degu is None else [(forge.DeGuScript(), script_args(**degu))]
+        processed = host.run(p, *scripts)
+        processed.p = p
+        return torch.stack(list(processed.images)), processed
+
+    no_refiner, _ = generate(None, switch_at=None)
+    plain, processed = generate(None)
+    assert processed.p.extra_generation_params["Refiner"] == "refiner"
+    calls = {name: len(found) for name, found in rows.items()}  # DDIM makes steps - 1 model calls
+    assert calls["base"] == 2 and calls["refiner"] >= 1 and set(rows["base"] + rows["refiner"]) == {2}
+    assert not torch.allclose(plain, no_refiner, atol=1e-3)  # the refiner did act
+    assert shared.sd_model is not host.sd_model  # the refiner stays loaded until the next generation
+    full, _ = generate(FULL)
+    assert torch.allclose(full, plain, atol=1e-5)
+    guided, processed = generate({**ON, "context_scale": 2.0, "mask_source": "difference"})
+    assert shared.sd_model is not host.sd_model
+    assert rows == {"base": [3] * calls["base"], "refiner": [2] * calls["refiner"]}  # generic rows: base only
+    assert not torch.allclose(guided, plain, atol=1e-3)
+    messages = [c for c in processed.p.comments if "refiner" in c and "DeGu is off after the switch" in c]
+    assert len(messages) == 1
+    _no_errors(processed)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "difference"  # it guided before
+    # Switching before the first model call: DeGu never guides, the result is the host's, bit for bit.
+    immediate, processed = generate({**ON, "context_scale": 2.0}, switch_at=0.0)
+    assert rows == {"base": [], "refiner": [2] * sum(calls.values())}
+    assert torch.equal(immediate, generate(None, switch_at=0.0)[0])
+    assert "DeGu mask used" not in processed.p.extra_generation_params
+    # The next generation loads the base model back, and DeGu guides all of it again.
+    again, processed = generate({**ON, "context_scale": 2.0, "mask_source": "difference"}, switch_at=None)
+    assert shared.sd_model is host.sd_model and rows == {"base": [3] * sum(calls.values()), "refiner": []}
+    assert not [c for c in processed.p.comments if "refiner" in c]

@@ -70,6 +70,8 @@ class Pass:
     step: StepState | None = None
     indicator: torch.Tensor | None = None
     fallback_announced: bool = False
+    model: Any = None  # the sd_model this pass was prepared on (the refiner switch replaces it)
+    off: bool = False
 
     def __deepcopy__(self, memo: dict) -> Pass:
         return self  # UnetPatcher.clone deep-copies model_options; the pass state stays shared
@@ -159,6 +161,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         positions=positions,
         guide=Guide(generation.settings),
         base_unet=base_unet,
+        model=p.sd_model,
     )
     if generation.settings.mask_source == "attention":
         state.capture = _make_capture(p, generation, base_unet, positions)
@@ -168,6 +171,9 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     _install(clone, state)
     setattr(clone, PATCHER_ATTR, state)
     p.sd_model.forge_objects.unet = clone
+    denoiser = getattr(getattr(p, "sampler", None), "model_wrap_cfg", None)
+    if denoiser is not None:  # Forge creates the pass's sampler before process_before_every_sampling
+        setattr(denoiser, PATCHER_ATTR, state)
     return state
 
 
@@ -218,6 +224,8 @@ def _install(unet: Any, state: Pass) -> None:
 
     def conditioning_modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):  # noqa: ANN001, ANN202
         state.step = None
+        if state.off:
+            return model, x, timestep, uncond, cond, cond_scale, model_options, seed
         try:
             denoiser = state.p.sampler.model_wrap_cfg
             if not is_active(state.generation.settings, denoiser.step / max(denoiser.total_steps or 1, 1)):
@@ -388,6 +396,28 @@ def _extra_generic_call(state: Pass, step: StepState, args: dict) -> torch.Tenso
         args["model"], [entry], None, args["input"], args["sigma"], args["model_options"]
     )
     return generic
+
+
+# -- the refiner switch ---------------------------------------------------------------------------------
+def on_cfg_denoiser(params: Any) -> None:
+    """Forge's ``apply_refiner`` loads the refiner in the middle of a pass: a new ``shared.sd_model`` whose
+    UnetPatcher has none of DeGu's hooks (the patched clone goes with the old model) and whose conds
+    are recomputed. DeGu steps aside for the rest of the pass and says so; the host runs the refiner's
+    steps unchanged. (script_callbacks.on_cfg_denoiser fires after the switch, every model call.)"""
+    state: Pass | None = getattr(params.denoiser, PATCHER_ATTR, None)
+    if state is None or state.off or state.p.sd_model is state.model:  # p.sd_model: shared.sd_model
+        return
+    state.off = True
+    state.step = None
+    state.generation.note(state.p, "DeGu: the model changed during sampling (refiner); DeGu is off after the switch.")
+
+
+def register_callbacks() -> None:
+    """Register the global callback once (the script module is re-executed on 'Reload UI')."""
+    from modules import script_callbacks
+
+    script_callbacks.remove_callbacks_for_function(on_cfg_denoiser)
+    script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="degu")
 
 
 def undo_pass(p: Any) -> None:

@@ -158,7 +158,7 @@ def reset_host_state() -> None:
     _require_installed()
     from backend import memory_management
     from backend.sampling import sampling_function
-    from modules import errors, processing, shared
+    from modules import errors, processing, sd_models, shared
 
     memory_management.unload_all_models()
     shared.state.reset()
@@ -171,6 +171,7 @@ def reset_host_state() -> None:
     sampling_function.FREE_MEMORY = float("inf")
     sampling_function.LAST_MEMORY_REQUEST = None
     sampling_function.LAST_MEMORY_ESTIMATE = None
+    sd_models.model_data.__init__()  # no checkpoint selected, no model kept from an earlier host
 
 
 @dataclass
@@ -232,14 +233,40 @@ def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False, dtype
     loader sets them on a GPU (backend/loader.py); ``KModel.apply_model`` casts the inputs to it and
     the output back to float32. Forge's ``devices.autocast()`` is a no-op: no autocast is involved."""
     _require_installed()
+    from modules import sd_models, shared
+    from modules.sd_models import CheckpointInfo
+
+    reset_host_state()
+    sd_model = _build_model(kind, seed, inpainting, dtype)
+    info = CheckpointInfo(f"tiny-{kind}-{seed}")
+    sd_model.sd_checkpoint_info = info
+    sd_model.filename = info.filename
+    sd_model.sd_model_hash = info.calculate_shorthash()
+    sd_model.extra_generation_params = {}
+    sd_model.comments = []
+    shared.sd_model = sd_model
+    sd_models.model_data.sd_model = sd_model
+    sd_models.model_data.harness_models[info.name] = sd_model
+    sd_models.model_data.forge_loading_parameters = {"checkpoint_info": info}
+    return Host(kind, sd_model)
+
+
+def checkpoint(name: str, kind: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A ``CheckpointInfo`` whose model (built by ``forge_model_reload`` when it is loaded, e.g. as the
+    refiner: ``p.refiner_checkpoint_info = harness.checkpoint("refiner", seed=7)``) is a new tiny
+    ``kind`` model from ``seed``."""
+    _require_installed()
+    from modules.sd_models import CheckpointInfo
+
+    return CheckpointInfo(name, loader=lambda: _build_model(kind, seed, False, dtype))
+
+
+def _build_model(kind: str, seed: int, inpainting: bool, dtype: torch.dtype) -> Any:
     from backend.diffusion_engine.flux import Flux
     from backend.diffusion_engine.sd15 import StableDiffusion
-    from modules import shared
-    from modules.sd_models import CheckpointInfo
 
     tiny_text = _sibling("tiny_text")
     invariant = _sibling("batch_invariance").make_batch_invariant
-    reset_host_state()
     if kind == "sd15":
         from diffusers import DDPMScheduler
 
@@ -317,15 +344,7 @@ def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False, dtype
     k_model = sd_model.forge_objects.unet.model
     k_model.diffusion_model.to(dtype)
     k_model.storage_dtype = k_model.computation_dtype = dtype
-
-    info = CheckpointInfo(f"tiny-{kind}-{seed}")
-    sd_model.sd_checkpoint_info = info
-    sd_model.filename = info.filename
-    sd_model.sd_model_hash = info.calculate_shorthash()
-    sd_model.extra_generation_params = {}
-    sd_model.comments = []
-    shared.sd_model = sd_model
-    return Host(kind, sd_model)
+    return sd_model
 
 
 def make_processing(**kwargs: Any) -> Any:

@@ -283,7 +283,8 @@ def test_hires_pass_order_and_resets():
     assert sampling_function.LAST_MEMORY_REQUEST == [2, 4, 16, 16] and sampling_function.LAST_MEMORY_ESTIMATE == 123.0
     assert cond_scales.count(False) == 3 and cond_scales.count(True) == 2
     script_callbacks.remove_callbacks_for_function(on_denoiser)
-    assert script_callbacks.callback_map["callbacks_cfg_denoiser"] == []
+    # (an extension's own global callback, e.g. DeGu's, may stay registered)
+    assert on_denoiser not in [c.callback for c in script_callbacks.callback_map["callbacks_cfg_denoiser"]]
 
 
 def test_script_errors_are_reported_sampling_errors_propagate():

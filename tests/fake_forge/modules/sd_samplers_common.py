@@ -1,7 +1,7 @@
 """Sampler base class and helpers.
 
 Own re-implementation; mirrors modules/sd_samplers_common.py (Forge dfdcbab6): SamplerData,
-setup_img2img_steps, InterruptedException, apply_refiner (always "no refiner" here), store_latent,
+setup_img2img_steps, InterruptedException, apply_refiner, store_latent,
 Sampler (callback_state, launch_sampling, initialize).
 """
 
@@ -41,9 +41,49 @@ class InterruptedException(BaseException):
     pass
 
 
-# mirrors modules/sd_samplers_common.py: apply_refiner (Forge dfdcbab6) -- the fake has no refiner
+# mirrors modules/sd_samplers_common.py: apply_refiner (Forge dfdcbab6). Once the share of the
+# denoiser's model calls reaches p.refiner_switch_at, the refiner checkpoint is loaded in the middle of
+# the pass: a new shared.sd_model with its own, unpatched UnetPatcher (any clone a script installed on
+# the old model is dropped with it; process_before_every_sampling is not called again), the conds are
+# recomputed and the denoiser's inner model rebuilt. The base checkpoint stays selected, so the next
+# forge_model_reload (the next batch) loads it back.
 def apply_refiner(cfg_denoiser: Any, x: Any) -> bool:
-    return False
+    from backend.sampling.sampling_function import sampling_cleanup, sampling_prepare
+    from modules import extra_networks, sd_models
+
+    p = cfg_denoiser.p
+    completed_ratio = cfg_denoiser.step / cfg_denoiser.total_steps
+    refiner_switch_at = p.refiner_switch_at
+    refiner_checkpoint_info = p.refiner_checkpoint_info
+    if refiner_switch_at is not None and completed_ratio < refiner_switch_at:
+        return False
+    if refiner_checkpoint_info is None or shared.sd_model.sd_checkpoint_info == refiner_checkpoint_info:
+        return False
+    if getattr(p, "enable_hr", False):
+        is_second_pass = p.is_hr_pass
+        if opts.hires_fix_refiner_pass == "first pass" and is_second_pass:
+            return False
+        if opts.hires_fix_refiner_pass == "second pass" and not is_second_pass:
+            return False
+        if opts.hires_fix_refiner_pass != "second pass":
+            p.extra_generation_params["Hires refiner"] = opts.hires_fix_refiner_pass
+    p.extra_generation_params["Refiner"] = refiner_checkpoint_info.short_title
+    p.extra_generation_params["Refiner switch at"] = refiner_switch_at
+
+    sampling_cleanup(sd_models.model_data.get_sd_model().forge_objects.unet)
+    selected = sd_models.model_data.forge_loading_parameters  # main_entry.checkpoint_change(...)
+    sd_models.model_data.forge_loading_parameters = {**selected, "checkpoint_info": refiner_checkpoint_info}
+    try:
+        sd_models.forge_model_reload()
+    finally:
+        sd_models.model_data.forge_loading_parameters = selected
+
+    if not p.disable_extra_networks:
+        extra_networks.activate(p, p.extra_network_data)
+    p.setup_conds()
+    cfg_denoiser.update_inner_model()
+    sampling_prepare(sd_models.model_data.get_sd_model().forge_objects.unet, x=x)
+    return True
 
 
 # mirrors modules/sd_samplers_common.py: store_latent (Forge dfdcbab6)

@@ -35,6 +35,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "img2img_extra_noise": 0.0,
     "always_discard_next_to_last_sigma": False,
     "hires_fix_use_firstpass_conds": False,
+    "hires_fix_refiner_pass": "second pass",
     "inpainting_mask_weight": 1.0,
     "token_merging_ratio": 0.0,
     "token_merging_ratio_hr": 0.0,
