@@ -50,8 +50,8 @@ class Recipe:
 
 
 RECIPES = {
-    "dreambooth": Recipe(steps=600, lr=2e-4, prior_weight=1.0),
-    "lora": Recipe(steps=600, lr=2e-3, prior_weight=1.0),
+    "dreambooth": Recipe(steps=600, lr=2e-4, prior_weight=3.0),
+    "lora": Recipe(steps=600, lr=2e-3, prior_weight=3.0),
     "ti": Recipe(steps=600, lr=1e-2, prior_weight=0.0),
 }
 
