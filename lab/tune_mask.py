@@ -74,20 +74,14 @@ def record(
     return joined, torch.cat(regions)
 
 
-def normalised(raw: torch.Tensor, low: float | None, high: float) -> torch.Tensor:
-    flat = raw.flatten(1)
-    top = torch.quantile(flat, high, dim=1)[:, None, None]
-    bottom = torch.zeros_like(top) if low is None else torch.quantile(flat, low, dim=1)[:, None, None]
-    return ((raw - bottom) / (top - bottom).clamp_min(1e-8)).clamp(0, 1)
-
-
 def refined_final(steps: list[torch.Tensor], norm: tuple[float | None, float], blur: float, threshold: float,
                   softness: float, ema: float, trust: float) -> torch.Tensor:
     state = mask.MaskState()
     first = min(len(steps) - 1, int(trust * len(steps)))
     out = None
     for raw in steps[first:]:
-        m = normalised(raw, *norm)
+        low, high = norm
+        m = mask.normalise(raw, quantile=high, low_quantile=low)
         m = mask.gaussian_blur(m, blur * raw.shape[-2] / lab_model.LATENT_SIZE)
         m = mask.soft_threshold(m, threshold, softness)
         out = state.update(m, ema)
