@@ -25,6 +25,7 @@ import torch
 from lab import judge as lab_judge
 from lab import model as lab_model
 from lab import personalise, scenes, scoring
+from lab.experiment import contexts
 from lab.sampling import sample
 from lab.subjects import EXCLUDED, SUBJECTS, Subject
 
@@ -70,7 +71,6 @@ def personalisation_rates(model: lab_model.Miniature, judge: lab_judge.Judge, su
     """Shares of samples whose subject has the subject's appearance (fidelity >= 0.5):
     (learned: the token in its training context; class word, held-out contexts: "a circle on ..."
     where DeGu's context stream asks for it; class word in the training context)."""
-    from lab.experiment import contexts  # the experiment's held-out contexts
 
     own = scoring.Context(subject.background, subject.texture)
     held_out = contexts(subject, "all")
