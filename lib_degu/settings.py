@@ -25,6 +25,8 @@ class FieldSpec:
     maximum: float | None = None
     step: float | None = None
     choices: tuple[str, ...] | None = None
+    # The value an infotext written before the setting existed stands for (None: the default).
+    before_it_existed: Any = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,15 @@ class DeGuSettings:
         metadata={"spec": FieldSpec(
             "Show mask", None, "Add the final mask as a heat-map over each image to the gallery.")},
     )
+    # Last, so positional API callers written before it keep working.
+    context_refresh: int = field(
+        default=3,
+        metadata={"spec": FieldSpec(
+            "Context refresh every N steps", "DeGu context refresh",
+            "Run the generic prompt only on every N-th step and reuse its difference to the prompt in "
+            "between: 3 costs about 1.2x plain CFG instead of 1.5x. 1 runs it on every step (exact).",
+            minimum=1, maximum=8, step=1, before_it_existed=1)},
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -133,6 +144,8 @@ class DeGuSettings:
                 raise ValueError(f"DeGu: '{f.name}' must be true or false, got {value!r}")
             if f.type == "str" and not isinstance(value, str):
                 raise ValueError(f"DeGu: '{f.name}' must be text, got {value!r}")
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"DeGu: '{f.name}' must be a whole number, got {value!r}")
             if spec.choices is not None and value not in spec.choices:
                 raise ValueError(f"DeGu: '{f.name}' must be one of {', '.join(spec.choices)}; got {value!r}")
             if spec.minimum is not None:
@@ -214,6 +227,8 @@ class DeGuSettings:
             key = f.metadata["spec"].infotext
             if key is not None and key in params:
                 values[f.name] = params[key]
+            elif key is not None and f.metadata["spec"].before_it_existed is not None:
+                values[f.name] = f.metadata["spec"].before_it_existed
         return cls.from_dict(values)
 
 
@@ -229,6 +244,14 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
         if kind == "bool":
             if isinstance(value, str) and value.strip().lower() in ("true", "false"):
                 return value.strip().lower() == "true"
+            return value
+        if kind == "int":
+            if isinstance(value, bool):
+                return value  # rejected by validation
+            number = float(value) if isinstance(value, (int, float, str)) else value
+            # Sliders and X/Y/Z deliver 3.0 for 3; 2.5 is not a step count.
+            if isinstance(number, float) and number.is_integer():
+                return int(number)
             return value
         if kind == "float":
             if isinstance(value, bool):

@@ -1,12 +1,24 @@
-"""What an adapter calls each step, so adapters stay thin: the gate and the guided output.
+"""What an adapter calls each step, so adapters stay thin: the gate, which rows to run, the output.
 
 Nothing here synchronises with the device: no ``.item()``, no Python branch on tensor values.
 Non-finite predictions are handled with ``torch.where`` and counted on the device; the adapter reads
 the count once, at the end of the generation.
+
+The context stream costs one model row per image and step. ``Guide.needs_context`` tells the adapter
+before each model call whether the generic rows must run:
+- not when the mask is known to be 1 everywhere and ``g`` cannot reach the output (balance +1, or
+  the full mask at balance >= 0; with an uncond, or at identity scale 1);
+- otherwise on every ``context_refresh``-th call (every call at balance -1, where the context
+  stream is the whole output). In between, the context stream is rebuilt from
+  the identity stream and the last measured difference ``(g - s) / sigma``: the subject word's
+  effect on the prediction, which moves slowly over the schedule. Dividing by the noise level
+  makes the stored difference independent of the parameterisation the host combines in (denoised
+  ``x0 = x - sigma * eps`` or ``x - sigma * v``), so it can be carried to the next step's sigma.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +52,55 @@ class Guide:
     nonfinite_steps: torch.Tensor | None = None  # device counter, read once at the end
     attention_share_sum: torch.Tensor | None = None  # per image, summed over steps (device)
     attention_share_steps: int = 0
+    context_difference: torch.Tensor | None = None  # (g - s) / sigma at the last refresh
+    context_key: Hashable | None = None  # what the stored difference belongs to (shape, prompt entry)
+    calls_since_refresh: int = 0
+    context_calls: int = 0  # model calls that ran the generic rows (for tests and the benchmark)
+    reused_calls: int = 0  # model calls that rebuilt the context stream from the stored difference
+
+    @property
+    def mask_is_full(self) -> bool:
+        """The mask is 1 everywhere whatever the step shows: decided before the model runs."""
+        settings = self.settings
+        return settings.balance >= 1.0 or (settings.mask_source == "full" and settings.balance >= 0.0)
+
+    def needs_context(self, key: Hashable, *, has_uncond: bool) -> bool:
+        """Whether this model call must run the generic rows; call once per model call DeGu guides.
+
+        ``key`` names what a stored difference is valid for (latent shape, the generic prompt's
+        schedule entry): a new key forces a refresh (hires pass, prompt editing). ``has_uncond``:
+        whether the host evaluates the unconditional rows at this call.
+        """
+        if self.mask_is_full and (has_uncond or self.settings.identity_scale == 1.0):
+            return False  # M == 1: out = u + w*a_id*(s - u), or s; g cannot reach it
+        # At balance -1 (M == 0) the context stream is the whole output: measure it every call.
+        due = self.calls_since_refresh + 1 >= self.settings.context_refresh or self.settings.balance <= -1.0
+        if due or self.context_difference is None or key != self.context_key:
+            self.calls_since_refresh = 0
+            self.context_key = key
+            self.context_calls += 1
+            return True
+        self.calls_since_refresh += 1
+        self.reused_calls += 1
+        return False
+
+    def context(
+        self, s: torch.Tensor, g: torch.Tensor | None, sigma: torch.Tensor | float | None
+    ) -> torch.Tensor:
+        """The context stream: measured (and its difference stored), or rebuilt from ``s``.
+
+        ``sigma``: per image (B,) or a number, the noise level of the call; None stores the
+        difference unscaled (a caller whose predictions do not scale with sigma).
+        """
+        scale = _sigma_scale(sigma, s)
+        if g is not None:
+            if self.settings.context_refresh > 1:
+                self.context_difference = (g - s) / scale
+            return g
+        if self.context_difference is None or self.context_difference.shape != s.shape:
+            # Only reached when the mask is 1 everywhere: (1 - M) * (g - u) is 0 for any finite g.
+            return s
+        return s + (self.context_difference * scale).to(s.dtype)
 
     def make_mask(
         self, s: torch.Tensor, g: torch.Tensor, attention: torch.Tensor | None
@@ -71,11 +132,14 @@ class Guide:
         self,
         u: torch.Tensor | None,
         s: torch.Tensor,
-        g: torch.Tensor,
+        g: torch.Tensor | None,
         *,
         cfg_scale: float | torch.Tensor,
         attention: torch.Tensor | None = None,
+        sigma: torch.Tensor | float | None = None,
     ) -> StepOutput:
+        """``g`` None: the generic rows did not run at this call (see ``needs_context``)."""
+        g = self.context(s, g, sigma)
         m, source = self.make_mask(s, g, attention)
         out = guidance.combine(
             u,
@@ -94,10 +158,11 @@ class Guide:
         self,
         u: torch.Tensor | None,
         s: torch.Tensor,
-        g: torch.Tensor,
+        g: torch.Tensor | None,
         *,
         cfg_scale: float | torch.Tensor,
         attention: torch.Tensor | None = None,
+        sigma: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """DeGu's output minus the host's plain CFG on ``s``: what to add to the host's result.
 
@@ -106,9 +171,20 @@ class Guide:
         result stands for that step) and counted.
         """
         plain = s if u is None else guidance.cfg(u, s, cfg_scale)
-        difference = self(u, s, g, cfg_scale=cfg_scale, attention=attention).output - plain
+        difference = self(u, s, g, cfg_scale=cfg_scale, attention=attention, sigma=sigma).output - plain
         finite = torch.isfinite(difference).flatten(1).all(dim=1)
         bad = (~finite).sum()
         self.nonfinite_steps = bad if self.nonfinite_steps is None else self.nonfinite_steps + bad
         shape = (-1,) + (1,) * (difference.dim() - 1)
         return torch.where(finite.view(shape), difference, torch.zeros_like(difference))
+
+
+def _sigma_scale(sigma: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor | float:
+    """sigma broadcast against ``like`` (B, C, ...), kept away from 0 (the last step of some
+    schedules), or 1 when the caller gives none."""
+    if sigma is None:
+        return 1.0
+    if not isinstance(sigma, torch.Tensor):
+        return max(float(sigma), 1e-6)
+    sigma = sigma.to(device=like.device, dtype=torch.float32).clamp_min(1e-6)
+    return sigma.reshape(-1, *([1] * (like.dim() - 1))) if sigma.dim() else sigma

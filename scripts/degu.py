@@ -18,7 +18,7 @@ from lib_degu.settings import DeGuSettings
 HOST = detect_host()
 TITLE = "DeGu"
 XYZ_PREFIX = "[DeGu] "
-ADVANCED = ("threshold", "softness", "blur", "ema", "start", "end")
+ADVANCED = ("threshold", "softness", "blur", "ema", "start", "end", "context_refresh")
 PLACEHOLDERS = {"subject": "e.g. sks, ohwx man, my-embedding", "generic": "e.g. a  (empty: remove the subject word)"}
 BALANCE_ENDS = (
     '<div class="degu-balance-ends"><span>&larr; -1: editability (the scene you asked for)</span>'
@@ -215,7 +215,7 @@ def register_xyz_axes() -> None:
             axes.append(
                 xyz.AxisOption(
                     label,
-                    float,
+                    int if f.type == "int" else float,
                     xyz.apply_field(f"degu_{f.name}"),
                     confirm=xyz.confirm_range(spec.minimum, spec.maximum, label),
                 )
@@ -239,7 +239,7 @@ def on_ui_settings() -> None:
     from modules import shared
 
     section = ("degu", "DeGu")
-    for name in ("identity_scale", "context_scale", "mask_source", "show_mask"):
+    for name in ("identity_scale", "context_scale", "mask_source", "show_mask", "context_refresh"):
         spec = DeGuSettings.spec(name)
         default = getattr(DeGuSettings(), name)
         if spec.choices is not None:

@@ -9,7 +9,10 @@ from tests import a1111_support
 from tests.a1111_support import adapter, degu_script, rows_per_call, run, script_callbacks, shared, unet_hook_count
 from tests.fake_a1111 import harness
 
-ON = {"enabled": True, "subject": "sks", "generic": "a"}
+DEFAULTS = {"enabled": True, "subject": "sks", "generic": "a"}
+# The generic rows on every step: most tests check the formula and the rows step by step; the
+# context reuse of the default ("context refresh every 3 steps") has tests of its own.
+ON = {**DEFAULTS, "context_refresh": 1}
 FULL = {**ON, "mask_source": "full"}
 
 
@@ -30,13 +33,63 @@ def test_disabled_is_bit_identical_to_the_host_without_the_extension(host):
     assert "DeGu" not in run({"enabled": False}).p.extra_generation_params
 
 
-def test_full_mask_unit_scales_equals_host_cfg(host):
+def test_full_mask_unit_scales_is_the_host_at_the_hosts_cost(host):
     plain = run(None).latents
-    processed = run(FULL)
+    calls, handle = rows_per_call(host.model.diffusion_model)
+    try:
+        processed = run(FULL)
+    finally:
+        handle.remove()
     _no_errors(processed)
-    # The generic rows ride in the same batch (3 rows instead of 2): equal up to float noise.
-    assert torch.allclose(processed.latents, plain, atol=1e-4)
+    # M = 1 is known before the step: the generic rows cannot change the image and do not run.
+    assert torch.equal(processed.latents, plain)
+    assert calls and all(rows == 2 for rows in calls)
     assert processed.p.extra_generation_params["DeGu mask used"] == "full"
+
+
+@pytest.mark.parametrize(
+    ("degu", "prompts", "expected"),
+    [
+        (None, 2, [4] * 4),
+        (ON, 2, [6] * 4),
+        (DEFAULTS, 2, [6, 4, 4, 6]),  # the context refreshed every 3rd step
+        ({**ON, "balance": 1.0}, 2, [4] * 4),
+        ({**FULL, "identity_scale": 1.5, "context_scale": 0.5, "balance": 0.5}, 2, [4] * 4),
+        ({**FULL, "balance": -0.5, "context_refresh": 1}, 2, [6] * 4),
+        ({**DEFAULTS, "balance": -1.0}, 2, [6] * 4),  # M = 0: the context is the whole output, never reused
+        (ON, 1, [5] * 4),  # the image whose prompt lacks the subject adds no row
+        ({**ON, "context_refresh": 2}, 2, [6, 4, 6, 4]),
+        ({**ON, "context_refresh": 3, "start": 0.5}, 2, [4, 4, 6, 4]),
+    ],
+    ids=["off", "every-step", "defaults", "balance+1", "full-scaled", "full-balance-0.5", "balance-1",
+         "one-without-subject", "refresh-2", "refresh-3-window"],
+)
+def test_model_rows_per_call(host, degu, prompts, expected):
+    """Issue 16: never pay for a stream that cannot change the image; refresh the context every N calls."""
+    batch = ["a photo of sks dog on a beach", "a photo of sks cat" if prompts == 2 else "a photo of a cat"]
+    calls, handle = rows_per_call(host.model.diffusion_model)
+    try:
+        processed = run(degu, prompt=batch, batch_size=2, steps=4)
+    finally:
+        handle.remove()
+    _no_errors(processed)
+    assert calls == expected
+
+
+def test_generic_rows_leave_the_hosts_own_rows_unchanged(host):
+    """Inserting the generic rows must not move the host's prompt and uncond rows: the first call
+    sees the same latents with and without DeGu, so its prompt and uncond outputs must agree."""
+    prompts = ["a photo of sks dog on a beach", "a photo of a cat"]
+    outputs = []
+    handle = host.model.diffusion_model.register_forward_hook(lambda m, args, out: outputs.append(out.sample))
+    try:
+        run(None, prompt=prompts, batch_size=2, steps=1)
+        run({**ON, "context_scale": 1.5}, prompt=prompts, batch_size=2, steps=1)
+    finally:
+        handle.remove()
+    plain, guided = outputs
+    assert (plain.shape[0], guided.shape[0]) == (4, 5)
+    assert torch.allclose(guided[[0, 1, 3, 4]], plain, atol=1e-5)  # prompt rows, (generic row), uncond rows
 
 
 def test_generic_rows_run_in_the_same_model_call(host):
@@ -668,3 +721,41 @@ def test_inpainting_model_generic_rows_carry_their_images_conditioning(arch, mod
                 assert torch.equal(x[generic_row, 4:], x[prompt_row, 4:])
             if mode != "txt2img":  # the images' masked latents differ: a row from the wrong image would show
                 assert not torch.equal(x[0, 5:], x[1, 5:])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        # Hires fix: the second pass starts at a new latent size with its own measured context.
+        ({"enable_hr": True, "hr_scale": 2.0}, [3, 2, 2, 3, 3, 2, 2, 3]),
+        # Prompt editing: the generic rows switch after step 1, so step 2 measures them again.
+        ({"prompt": "a photo of [sks dog:sks cat:1] on a beach", "steps": 6}, [3, 2, 3, 2, 2, 3]),
+        # PLMS calls the model twice on its first step (one call more than DDIM's three): calls,
+        # not steps, are counted.
+        ({"sampler_name": "PLMS"}, [3, 2, 2, 3]),
+        ({"sampler_name": "DDIM"}, [3, 2, 2]),
+    ],
+    ids=["hires", "prompt-editing", "plms", "ddim"],
+)
+def test_context_reuse_refreshes_where_the_context_changes(host, kwargs, expected):
+    plain = run(None, **kwargs).latents
+    calls, handle = rows_per_call(host.model.diffusion_model)
+    try:
+        processed = run({**DEFAULTS, "context_scale": 1.5}, **kwargs)
+    finally:
+        handle.remove()
+    _no_errors(processed)
+    assert calls == expected
+    assert torch.isfinite(processed.latents).all()
+    assert not torch.allclose(processed.latents, plain, atol=1e-3)
+    every_step = run({**ON, "context_scale": 1.5}, **kwargs).latents
+    assert not torch.equal(processed.latents, every_step)  # the reused steps really reused
+
+
+def test_old_infotext_without_context_refresh_pastes_every_step(host):
+    """Images made before the setting existed ran the generic rows on every step."""
+    from lib_degu.settings import DeGuSettings
+
+    old = {"DeGu": "True", "DeGu subject": "sks", "DeGu generic": "a"}
+    assert DeGuSettings.from_infotext(old).context_refresh == 1
+    assert DeGuSettings.from_infotext({**old, "DeGu context refresh": "3"}).context_refresh == 3

@@ -12,7 +12,10 @@ from tests.a1111_support import SCRIPT_PATH, script_args
 from tests.fake_forge import harness
 
 PURGE = ("lib_degu.hosts.forge", "degu_forge_script")
-ON = {"enabled": True, "subject": "sks", "generic": "a"}
+DEFAULTS = {"enabled": True, "subject": "sks", "generic": "a"}
+# The generic rows on every step: most tests check the formula and the rows step by step; the
+# context reuse of the default ("context refresh every 3 steps") has tests of its own.
+ON = {**DEFAULTS, "context_refresh": 1}
 FULL = {**ON, "mask_source": "full"}
 
 
@@ -258,7 +261,7 @@ def test_the_forge_script_reads_every_positional_arg_into_its_own_field(forge):
     custom = DeGuSettings(
         enabled=True, subject="sks", generic="a", identity_scale=1.25, context_scale=0.75, balance=-0.25,
         mask_source="difference", threshold=0.4, softness=0.15, blur=2.5, ema=0.45, start=0.05, end=0.95,
-        show_mask=True,
+        show_mask=True, context_refresh=5,
     )
     defaults = DeGuSettings()
     assert all(getattr(custom, name) != getattr(defaults, name) for name in DeGuSettings.names())
@@ -759,3 +762,49 @@ def test_refiner_switch_steps_aside_after_the_switch_with_a_message(forge, sampl
     again, processed = generate({**ON, "context_scale": 2.0, "mask_source": "difference"}, switch_at=None)
     assert shared.sd_model is host.sd_model and rows == {"base": [3] * sum(calls.values()), "refiner": []}
     assert not [c for c in processed.p.comments if "refiner" in c]
+
+
+def _rows_per_call(host):
+    rows: list[int] = []
+    handle = host.sd_model.forge_objects.unet.model.diffusion_model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append((args[0] if args else kwargs["sample"]).shape[0]), with_kwargs=True
+    )
+    return rows, handle
+
+
+@pytest.mark.parametrize(
+    ("degu", "kwargs", "expected"),
+    [
+        (FULL, {}, [2] * 3),  # M = 1 known before the step: the generic entry never joins
+        ({**FULL, "identity_scale": 1.5, "balance": 0.5}, {}, [2] * 3),
+        (DEFAULTS, {"steps": 4}, [3, 2, 2, 3]),  # the generic entry is simply absent on reuse steps
+        (DEFAULTS, {"prompt": "a photo of [sks dog:sks cat:1] on a beach", "steps": 6}, [3, 2, 3, 2, 2, 3]),
+        ({**DEFAULTS, "balance": -1.0}, {}, [3] * 3),
+    ],
+    ids=["full", "full-scaled", "defaults", "prompt-editing", "balance-1"],
+)
+def test_model_rows_per_call_on_forges_batcher(forge, degu, kwargs, expected):
+    host = harness.make_host("sd15")
+    rows, handle = _rows_per_call(host)
+    try:
+        _, processed = _run(forge, degu=degu, host=host, **kwargs)
+    finally:
+        handle.remove()
+    _no_errors(processed)
+    assert rows == expected
+
+
+def test_context_reuse_in_the_hires_pass_and_against_every_step(forge):
+    host = harness.make_host("sd15")
+    rows, handle = _rows_per_call(host)
+    try:
+        reused, processed = _run(forge, degu={**DEFAULTS, "context_scale": 1.5}, host=host, enable_hr=True)
+    finally:
+        handle.remove()
+    _no_errors(processed)
+    # Each pass measures the context first, then reuses it; the hires pass runs at CFG 1 (no uncond).
+    assert rows == [3, 2, 2, 2, 1, 1]
+    every_step, _ = _run(forge, degu={**ON, "context_scale": 1.5}, enable_hr=True)
+    plain, _ = _run(forge, enable_hr=True)
+    assert torch.isfinite(reused).all()
+    assert not torch.equal(reused, every_step) and not torch.allclose(reused, plain, atol=1e-3)

@@ -96,8 +96,8 @@ def test_validation_messages_name_the_field_and_its_range(values, message):
 
 
 def test_too_many_positional_args():
-    with pytest.raises(ValueError, match="expected at most 14 arguments"):
-        DeGuSettings.from_args([False] * 15)
+    with pytest.raises(ValueError, match="expected at most 15 arguments"):
+        DeGuSettings.from_args([False] * 16)
 
 
 def test_every_field_has_a_spec_and_infotext_keys_are_unique():

@@ -77,3 +77,76 @@ def test_one_non_finite_step_does_not_poison_the_later_steps_through_the_mask_em
     delta = guide.delta(u, s, g, cfg_scale=7.0)  # finite again: DeGu guides this image again
     assert torch.isfinite(delta).all() and delta[1].abs().sum() > 0
     assert int(guide.nonfinite_steps) == 1
+
+
+# -- which calls run the generic rows (issue 16) ---------------------------------------------------
+def _pattern(guide: Guide, calls: int, key=("latent", 0), has_uncond=True) -> list[bool]:
+    return [guide.needs_context(key, has_uncond=has_uncond) for _ in range(calls)]
+
+
+def test_generic_rows_are_skipped_when_the_mask_is_known_to_be_one():
+    full = DeGuSettings(enabled=True, mask_source="full")
+    assert _pattern(Guide(full), 3) == [False] * 3
+    assert _pattern(Guide(full.replace(balance=0.5, identity_scale=1.5, context_scale=2.0)), 3) == [False] * 3
+    assert _pattern(Guide(DeGuSettings(enabled=True, balance=1.0)), 3) == [False] * 3
+    # Without an uncond the identity scale mixes s with g: out = g + a_id * (s - g).
+    assert _pattern(Guide(full.replace(identity_scale=1.5)), 2, has_uncond=False) == [True, True]
+    assert _pattern(Guide(full), 2, has_uncond=False) == [False, False]  # a_id = 1: out = s
+    # A mask that is not known to be 1 needs g on every call by default.
+    assert _pattern(Guide(full.replace(balance=-0.5)), 3) == [True] * 3
+    assert _pattern(Guide(DeGuSettings(enabled=True, balance=0.99)), 3) == [True] * 3
+
+
+def test_context_refresh_runs_the_generic_rows_every_nth_call():
+    guide = Guide(DeGuSettings(enabled=True, context_refresh=3))
+    guide.context_difference = torch.zeros(1)  # as after a measured call
+    assert _pattern(guide, 7) == [True, False, False, True, False, False, True]
+    assert (guide.context_calls, guide.reused_calls) == (3, 4)
+
+
+def test_a_new_latent_size_or_prompt_entry_forces_a_refresh():
+    guide = Guide(DeGuSettings(enabled=True, context_refresh=4))
+    guide.context_difference = torch.zeros(1)
+    assert _pattern(guide, 2, key=("64x64", 0)) == [True, False]
+    assert _pattern(guide, 2, key=("128x128", 0)) == [True, False]  # hires pass
+    assert _pattern(guide, 2, key=("128x128", 1)) == [True, False]  # prompt editing moved on
+
+
+def test_nothing_stored_yet_forces_a_refresh():
+    guide = Guide(DeGuSettings(enabled=True, context_refresh=4))
+    assert _pattern(guide, 2) == [True, True]  # no call has stored a difference
+
+
+def test_reused_context_follows_the_noise_level():
+    """Between refreshes the context is s + sigma * (g - s) / sigma_then: exact when the subject's
+    effect on the prediction is proportional to sigma, as in x0 = x - sigma * eps."""
+    settings = DeGuSettings(enabled=True, mask_source="difference", context_refresh=2, ema=0.0)
+    u1, s1, _ = _preds(1)
+    u2, s2, _ = _preds(2)
+    eps_effect = torch.randn(s1.shape, generator=torch.Generator().manual_seed(3))
+    sigma1, sigma2 = torch.tensor([4.0, 2.0]), torch.tensor([3.0, 0.5])
+    g1 = s1 + sigma1.view(-1, 1, 1, 1) * eps_effect
+    g2 = s2 + sigma2.view(-1, 1, 1, 1) * eps_effect
+    guide = Guide(settings)
+    assert guide.needs_context("k", has_uncond=True)
+    guide(u1, s1, g1, cfg_scale=5.0, sigma=sigma1)
+    assert not guide.needs_context("k", has_uncond=True)
+    reused = guide(u2, s2, None, cfg_scale=5.0, sigma=sigma2).output
+    measured = Guide(settings)(u2, s2, g2, cfg_scale=5.0, sigma=sigma2).output
+    assert torch.allclose(reused, measured, atol=1e-5)
+
+
+def test_reused_context_keeps_the_prediction_dtype():
+    u, s, g = (t.half() for t in _preds())
+    guide = Guide(DeGuSettings(enabled=True, mask_source="difference", context_refresh=2))
+    guide(u, s, g, cfg_scale=5.0, sigma=torch.tensor([2.0, 1.0]))
+    out = guide.delta(u, s, None, cfg_scale=5.0, sigma=torch.tensor([1.5, 0.5]))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+def test_full_mask_without_generic_rows_gives_the_plain_cfg_result():
+    u, s, _ = _preds()
+    guide = Guide(DeGuSettings(enabled=True, mask_source="full"))
+    assert torch.equal(guide.delta(u, s, None, cfg_scale=7.0), torch.zeros_like(s))
+    boosted = Guide(DeGuSettings(enabled=True, mask_source="full", identity_scale=1.5))
+    assert torch.allclose(boosted(u, s, None, cfg_scale=7.0).output, u + 7.0 * 1.5 * (s - u))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from modules import prompt_parser, script_callbacks, sd_samplers, shared
 from modules.sd_samplers_cfg_denoiser import catenate_conds
+from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
 
 from lib_degu import guidance
 from lib_degu.attention import AttentionCapture, find_cross_attention, token_indicator
@@ -43,6 +44,8 @@ class StepPlan:
     step: int
     cond_rows: int
     sigma0: float | torch.Tensor
+    with_context: bool  # the generic rows are in this call's batch (else DeGu reuses their difference)
+    sigma: torch.Tensor | None  # per prompt row, the noise level; None when the rows are noise predictions
 
 
 @dataclass
@@ -268,27 +271,36 @@ def _fit_tokens(generic: Any, text_cond: Any, state: Pass) -> Any:
 
 
 def _insert_generic_rows(params: Any, state: Pass) -> None:
+    """Add the generic rows to this call's batch when the guide needs them at this call."""
     denoiser = params.denoiser
     text_cond = params.text_cond
     cond_rows = text_cond.shape[0]
     expected = sum(len(rows) for rows in state.cond_rows)
     if cond_rows != expected:
         raise ValueError(f"{cond_rows} prompt rows, expected {expected}")
-    generic = _fit_tokens(state.generic.at(denoiser.step), text_cond, state)
-    take = state.generic_source_rows.to(params.x.device)
+    sigma0 = params.sigma[0]
+    key = (tuple(params.x.shape), state.generic.entries_at(denoiser.step))
+    with_context = state.guide.needs_context(key, has_uncond=not _uncond_skipped(denoiser, sigma0))
+    # The timestep samplers (DDIM, PLMS, UniPC) guide noise predictions and pass timesteps, not sigmas.
+    sigma = None if isinstance(denoiser, CFGDenoiserTimesteps) else params.sigma[:cond_rows]
+    tokens = (text_cond["crossattn"] if isinstance(text_cond, dict) else text_cond).shape[1]
+    if with_context:
+        generic = _fit_tokens(state.generic.at(denoiser.step), text_cond, state)
+        tokens = generic.shape[1]
+        take = state.generic_source_rows.to(params.x.device)
 
-    def insert(rows: torch.Tensor) -> torch.Tensor:
-        return torch.cat([rows[:cond_rows], rows.index_select(0, take.to(rows.device)), rows[cond_rows:]])
+        def insert(rows: torch.Tensor) -> torch.Tensor:
+            return torch.cat([rows[:cond_rows], rows.index_select(0, take.to(rows.device)), rows[cond_rows:]])
 
-    x, sigma, image_cond = insert(params.x), insert(params.sigma), insert(params.image_cond)
-    merged = catenate_conds([text_cond, generic])
-    if isinstance(text_cond, dict):
-        merged = prompt_parser.DictWithShape(merged)
-    # Assign only once everything is built: the host reads all fields back.
-    params.x, params.sigma, params.image_cond, params.text_cond = x, sigma, image_cond, merged
-    state.step_plan = StepPlan(step=denoiser.step, cond_rows=cond_rows, sigma0=params.sigma[0])
+        x, sigmas, image_cond = insert(params.x), insert(params.sigma), insert(params.image_cond)
+        merged = catenate_conds([text_cond, generic])
+        if isinstance(text_cond, dict):
+            merged = prompt_parser.DictWithShape(merged)
+        # Assign only once everything is built: the host reads all fields back.
+        params.x, params.sigma, params.image_cond, params.text_cond = x, sigmas, image_cond, merged
+    state.step_plan = StepPlan(denoiser.step, cond_rows, sigma0, with_context, sigma)
     if state.capture is not None:
-        state.capture.begin_step(state.identity_rows, _indicator(state, generic.shape[1], x.device))
+        state.capture.begin_step(state.identity_rows, _indicator(state, tokens, params.x.device))
 
 
 def _indicator(state: Pass, length: int, device: torch.device) -> torch.Tensor:
@@ -325,18 +337,24 @@ def _add_degu(denoiser: Any, state: Pass, denoised: Any, x_out: torch.Tensor, un
             rows = state.cond_rows[image]
             weights = [part.weight for part in parts]
             s_parts = [x_out[row] for row in rows]
-            g_parts = [
-                x_out[plan.cond_rows + state.generic_rows[image, k]] if (image, k) in state.generic_rows else s_parts[k]
-                for k in range(len(parts))
-            ]
             identity.append(guidance.compose(u, s_parts, weights))
-            context.append(guidance.compose(u, g_parts, weights))
             uncond_rows.append(u)
-        s, g = torch.stack(identity), torch.stack(context)
+            if plan.with_context:
+                g_parts = [
+                    x_out[plan.cond_rows + state.generic_rows[image, k]] if (image, k) in state.generic_rows
+                    else s_parts[k]
+                    for k in range(len(parts))
+                ]
+                context.append(guidance.compose(u, g_parts, weights))
+        s = torch.stack(identity)
+        g = torch.stack(context) if plan.with_context else None
         # With uncond skipped the host's result is the prompt alone: the no-uncond formula applies.
         u = None if skipped else torch.stack(uncond_rows)
         attention = state.capture.take() if state.capture is not None else None
-        delta = state.guide.delta(u, s, g, cfg_scale=cond_scale, attention=attention)
+        sigma = None
+        if plan.sigma is not None:
+            sigma = plan.sigma.index_select(0, torch.tensor(state.identity_rows, device=plan.sigma.device))
+        delta = state.guide.delta(u, s, g, cfg_scale=cond_scale, attention=attention, sigma=sigma)
         index = torch.tensor(state.active_images, device=denoised.device)
         return denoised.index_add(0, index, delta.to(denoised.dtype))
     except Exception as error:

@@ -159,12 +159,16 @@ class GenericRows:
     _entries: tuple[int, ...] | None = None
     _rows: Any = None
 
-    def at(self, step: int) -> Any:
-        # The entry reconstruct_cond_batch picks: the first whose end_at_step is not yet passed.
-        entries = tuple(
+    def entries_at(self, step: int) -> tuple[int, ...]:
+        """Per row, the schedule entry ``reconstruct_cond_batch`` picks: the first whose
+        ``end_at_step`` is not yet passed. A change means the generic rows change (prompt editing)."""
+        return tuple(
             next((i for i, entry in enumerate(schedule) if step <= entry.end_at_step), 0)
             for schedule in self.schedules
         )
+
+    def at(self, step: int) -> Any:
+        entries = self.entries_at(step)
         if entries != self._entries:
             conds = [schedule[i].cond for schedule, i in zip(self.schedules, entries, strict=True)]
             stack = self.prompt_parser.stack_conds

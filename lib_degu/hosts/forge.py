@@ -53,6 +53,8 @@ class StepState:
     cond_scale: float
     uncond_runs: bool
     generic_entry: dict
+    sigma: torch.Tensor  # per image of the batch (Forge's samplers all pass k-diffusion sigmas)
+    with_context: bool = True  # the generic prompt runs at this call (else DeGu reuses its difference)
     generic: torch.Tensor | None = None
 
 
@@ -236,7 +238,10 @@ def _install(unet: Any, state: Pass) -> None:
             batch = x.shape[0]
             generic_entry = _generic_entry(cond[0], generic)
             cfg1 = math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
-            state.step = StepState(cond_scale, uncond is not None and not cfg1, generic_entry)
+            uncond_runs = uncond is not None and not cfg1
+            key = (tuple(x.shape), state.generic.entries_at(denoiser.step))
+            with_context = state.guide.needs_context(key, has_uncond=uncond_runs)
+            state.step = StepState(cond_scale, uncond_runs, generic_entry, timestep, with_context)
             coupled_by = _batch_coupling(model_options)
             if coupled_by:
                 # Extra rows would change what the other extension computes for the host's rows: leave
@@ -248,7 +253,9 @@ def _install(unet: Any, state: Pass) -> None:
                 )
                 state.fallback_announced = True  # said once, with the reason
                 return model, x, timestep, uncond, cond, cond_scale, model_options, seed
-            cond = [_tagged(cond[0], IDENTITY, batch), _tagged(generic_entry, CONTEXT, batch)]
+            cond = [_tagged(cond[0], IDENTITY, batch)]
+            if with_context:
+                cond.append(_tagged(generic_entry, CONTEXT, batch))
             if uncond is not None:
                 uncond = [_tagged(entry, UNCOND, batch) for entry in uncond]
             if state.capture is not None:
@@ -298,14 +305,15 @@ def _install(unet: Any, state: Pass) -> None:
             return denoised
         try:
             generic = step.generic
-            if generic is None:  # the generic rows did not run in the batch: one extra call
+            if generic is None and step.with_context:  # the generic rows did not run in the batch: one extra call
                 generic = _extra_generic_call(state, step, args)
             index = torch.tensor(state.active_images, device=denoised.device)
             s = args["cond_denoised"].index_select(0, index)
-            g = generic.index_select(0, index.to(generic.device)).to(s)
+            g = None if generic is None else generic.index_select(0, index.to(generic.device)).to(s)
             u = args["uncond_denoised"].index_select(0, index) if step.uncond_runs else None
             attention = state.capture.take() if state.capture is not None else None
-            delta = state.guide.delta(u, s, g, cfg_scale=step.cond_scale, attention=attention)
+            sigma = step.sigma.index_select(0, index.to(step.sigma.device))
+            delta = state.guide.delta(u, s, g, cfg_scale=step.cond_scale, attention=attention, sigma=sigma)
             state.generation.sources |= state.guide.sources_used
             return denoised.index_add(0, index, delta.to(denoised.dtype))
         except Exception as error:
