@@ -36,7 +36,7 @@ import torch
 from lab import judge as lab_judge
 from lab import model as lab_model
 from lab import personalise, scenes, scoring
-from lab.sampling import sample
+from lab.sampling import STEPS, sample
 from lab.scoring import Context
 from lab.subjects import SUBJECTS, Subject
 from lib_degu.settings import DeGuSettings
@@ -85,6 +85,7 @@ class Row:
     auroc: float | None = None
     coverage: float | None = None  # mean of the final mask: 1.0 is the global "all identity"
     iou_by_step: dict[str, float] | None = None
+    cost: float | None = None  # model rows evaluated / plain CFG's rows (prompt + uncond per step)
 
 
 def run_variant(
@@ -106,6 +107,7 @@ def run_variant(
         "region": scoring.region_at_latent(scoring.subject_region(reading, subject), lab_model.LATENT_SIZE),
         "masks": result.masks,
         "images": result.images,
+        "cost": result.model_rows / (2 * STEPS * len(cases)),
     }
 
 
@@ -115,7 +117,7 @@ def _mean(values: torch.Tensor) -> float:
 
 
 def summarise(method: str, subject: Subject, variant: str, out: dict) -> Row:
-    row = Row(method, subject.token, variant, _mean(out["fidelity"]), _mean(out["editability"]))
+    row = Row(method, subject.token, variant, _mean(out["fidelity"]), _mean(out["editability"]), cost=out["cost"])
     masks = out["masks"]
     if masks:
         final, region = masks[-1], out["region"]
@@ -158,7 +160,7 @@ def advantage(rows: Sequence[Row], variant: str = "attention") -> float:
 def run_pair(
     model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
     cases: Sequence[tuple[Context, int]], *, sweep: bool = True, overrides: Mapping[str, object] | None = None,
-    phrase: bool = False,
+    phrase: bool = False, refresh: Sequence[int] = (),
 ) -> list[Row]:
     """Every variant for one personalised model. ``overrides`` replace DeGu's defaults (mask settings
     to try) in the DeGu variants, under the variant's own changes. ``phrase``: the subject field holds
@@ -180,6 +182,9 @@ def run_pair(
     if sweep:
         variants += [(f"attention b={b:g}", degu(balance=b), False) for b in BALANCE_SWEEP]
         variants += [(f"attention id={a:g}", degu(identity_scale=a), False) for a in IDENTITY_SWEEP]
+    # N = 1 first: the baseline the others are compared with.
+    refresh = sorted({1, *refresh}) if refresh else []
+    variants += [(f"attention refresh={n}", degu(context_refresh=n), False) for n in refresh]
     return [
         summarise(method, subject, name, run_variant(model, judge, subject, cases, settings, generic_prompt=generic))
         for name, settings, generic in variants
@@ -199,6 +204,25 @@ def table(rows: Sequence[Row]) -> str:
 
         lines.append(f"{name:<18} {mean('fidelity'):>8} {mean('editability'):>6} {mean('iou'):>6} "
                      f"{mean('auroc'):>6} {mean('coverage'):>6}")
+    return "\n".join(lines)
+
+
+def refresh_table(rows: Sequence[Row]) -> str:
+    """Per context-refresh interval N: the cost against plain CFG and the change against full DeGu
+    (N = 1, the generic rows on every step), relative for fidelity/editability, absolute for IoU.
+    ``attention`` is the defaults (N = DeGuSettings().context_refresh)."""
+    by_key = {(r.method, r.subject, r.variant): r for r in rows}
+    names = [name for name in dict.fromkeys(r.variant for r in rows) if name.startswith("attention refresh=")]
+    baseline = "attention refresh=1"
+    lines = [f"{'variant':<22} {'cost':>5} {'fidelity':>9} {'edit':>7} {'IoU':>7}   (change vs every step)"]
+    for name in [*names, "attention"]:
+        group = [r for r in rows if r.variant == name]
+        full = [by_key[r.method, r.subject, baseline] for r in group]
+        fidelity = statistics.fmean(r.fidelity for r in group) / statistics.fmean(f.fidelity for f in full) - 1
+        edit = statistics.fmean(r.editability for r in group) / statistics.fmean(f.editability for f in full) - 1
+        iou = statistics.fmean(r.iou for r in group) - statistics.fmean(f.iou for f in full)
+        cost = statistics.fmean(r.cost for r in group)
+        lines.append(f"{name:<22} {cost:>4.2f}x {fidelity:>+8.1%} {edit:>+6.1%} {iou:>+7.3f}")
     return "\n".join(lines)
 
 
@@ -253,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="DeGu settings to use instead of the defaults, e.g. threshold=0.6 ema=0")
     parser.add_argument("--phrase", action="store_true",
                         help="subject field 'sks circle', generic 'circle' (instead of 'sks', removed)")
+    parser.add_argument("--refresh", nargs="+", type=int, default=[], metavar="N",
+                        help="also run the defaults with 'context refresh every N steps' (and N = 1, the "
+                             "baseline) and report cost vs quality change")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every row here")
     parser.add_argument("--plot", type=Path, help="write the fidelity-vs-editability plot here (needs matplotlib)")
@@ -267,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cases = [(context, seed) for context in contexts(subject, args.split) for seed in args.seeds]
         for method in args.methods:
             pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
-                            sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase)
+                            sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase, refresh=args.refresh)
             rows += pair
             advantages.append(advantage(pair))
             attention = next(r for r in pair if r.variant == "attention")
@@ -275,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"coverage {attention.coverage:.2f}", flush=True)
     print()
     print(table(rows))
+    if args.refresh:
+        print()
+        print(refresh_table(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if args.plot:

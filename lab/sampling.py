@@ -32,6 +32,9 @@ class Result:
     images: torch.Tensor  # (B, 3, 32, 32) in [-1, 1]
     masks: list[torch.Tensor] = field(default_factory=list)  # per step (B, 1, 16, 16): the mask DeGu used
     probed: list[list[torch.Tensor]] = field(default_factory=list)  # per probe, per step (B, 16, 16)
+    # Per step that ran the generic rows: (step, sigma, s, g, u) as denoised predictions.
+    streams: list[tuple[int, float, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    model_rows: int = 0  # image rows the UNet evaluated, summed over steps (the cost)
 
 
 def timesteps(steps: int, schedule: Schedule) -> list[int]:
@@ -56,6 +59,7 @@ def sample(
     cfg_scale: float = CFG_SCALE,
     negative: str = "",
     keep_maps: bool = False,
+    keep_streams: bool = False,
     eta: float = ETA,
     probes: Sequence[AttentionCapture] = (),
 ) -> Result:
@@ -89,23 +93,34 @@ def sample(
                 capture.begin_step(list(range(batch)), indicator)
                 for probe in probes:
                     probe.begin_step(list(range(batch)), indicator)
-            eps = model.unet(x.repeat(len(rows) // batch, 1, 1, 1), t, encoder_hidden_states=context).sample
+            a_t = alphas[t]
+            a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+            # The hosts combine denoised predictions, x0 = x / sqrt(a) - sigma * eps (k-diffusion's
+            # sigma), so DeGu gets those here too, with the sigma of the step.
+            sigma_t = ((1 - a_t) / a_t).sqrt()
+            with_context = degu and guide.needs_context(tuple(x.shape), has_uncond=True)
+            stream_rows = [0, 1, 2] if with_context else [0, 2] if degu else [0, 1]
+            take = torch.cat([torch.arange(batch) + k * batch for k in stream_rows])
+            eps = model.unet(x.repeat(len(stream_rows), 1, 1, 1), t, encoder_hidden_states=context[take]).sample
+            result.model_rows += len(take)
+            x0 = x.repeat(len(stream_rows), 1, 1, 1) / a_t.sqrt() - sigma_t * eps
             if degu:
-                s, g, u = eps.chunk(3)
+                s, *measured, u = x0.chunk(len(stream_rows))
+                g = measured[0] if measured else None
                 attention = capture.take()
                 for probe, maps in zip(probes, result.probed, strict=True):
                     maps.append(probe.take())
-                eps = guide(u, s, g, cfg_scale=cfg_scale, attention=attention).output
+                x0 = guide(u, s, g, cfg_scale=cfg_scale, attention=attention, sigma=sigma_t).output
                 if keep_maps:
                     result.masks.append(guide.last_mask.clone())
+                if keep_streams and g is not None:
+                    result.streams.append((i, float(sigma_t), s, g, u))
             else:
-                s, u = eps.chunk(2)
-                eps = guidance.cfg(u, s, cfg_scale)
-            a_t = alphas[t]
-            a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+                s, u = x0.chunk(2)
+                x0 = guidance.cfg(u, s, cfg_scale)
             # Static thresholding, as pixel-space diffusion does: x0 lives in [-1, 1]; the noise
             # direction is recomputed from the clipped x0 so the step stays on the DDIM path.
-            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+            x0 = x0.clamp(-1, 1)
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
             sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
