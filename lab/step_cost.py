@@ -59,7 +59,7 @@ from tests.fake_a1111 import harness
 with harness.installed():
     from modules.scripts import AlwaysVisible, Script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a photo of sks dog on a beach"
 NEGATIVE = "blurry"
 SEED = 3
@@ -73,6 +73,8 @@ TARGETS = {
     "memory": 0.05,  # peak memory vs the 3-row batch without capture
     "no_uncond": 2.04,
     "window": 1.27,  # whole generation, active window 0-50 %
+    "skip": 1.03,  # full mask at balance 0: no generic rows
+    "refresh_default": 1.25,  # whole generation at the defaults (context refresh), issue 16
 }
 
 ON = {"enabled": True, "subject": "sks", "generic": "a"}
@@ -92,25 +94,35 @@ class Variant:
         return DeGuSettings(**self.degu)
 
     def expected_rows(self, steps: int, batch: int) -> list[int]:
-        """Rows of the single UNet call of each step (batch_cond_uncond on)."""
+        """Rows of the single UNet call of each step (batch_cond_uncond on), from DeGu's own plan."""
         settings = self.settings
+        guide = Guide(settings)
         rows = []
         for step in range(steps):
-            per_image = 1 + (0 if self.no_uncond else 1) + (1 if is_active(settings, step / steps) else 0)
-            rows.append(per_image * batch)
+            active = is_active(settings, step / steps)
+            generic = active and guide.needs_context("one size", has_uncond=not self.no_uncond)
+            if generic:
+                guide.context_difference = torch.zeros(1)  # what the measured call stores
+            rows.append((1 + (0 if self.no_uncond else 1) + int(generic)) * batch)
         return rows
 
 
+EVERY_STEP = {**ON, "context_refresh": 1}  # the generic rows on every step: the cost of a refresh step
+REFRESH_CURVE = (1, 2, 3, 4)  # whole generations at --refresh-steps, "context refresh every N steps"
 VARIANTS = {
     v.key: v
     for v in (
         Variant("plain", OFF),
-        Variant("attention", {**ON, "mask_source": "attention"}, source="attention"),
-        Variant("difference", {**ON, "mask_source": "difference"}, source="difference"),
-        Variant("full", {**ON, "mask_source": "full"}, source="full"),
-        Variant("window", {**ON, "mask_source": "attention", "start": 0.0, "end": 0.5}, source="attention"),
+        Variant("attention", {**EVERY_STEP, "mask_source": "attention"}, source="attention"),
+        Variant("difference", {**EVERY_STEP, "mask_source": "difference"}, source="difference"),
+        # A constant mask of 0.5: 3 rows without capture (the memory baseline).
+        Variant("full", {**EVERY_STEP, "mask_source": "full", "balance": -0.5}, source="full"),
+        # The full mask at balance 0 is 1 everywhere: the generic rows are not run (2 rows).
+        Variant("skip", {**EVERY_STEP, "mask_source": "full"}, source="full"),
+        Variant("window", {**EVERY_STEP, "mask_source": "attention", "start": 0.0, "end": 0.5}, source="attention"),
         Variant("nu-plain", OFF, no_uncond=True),
-        Variant("nu-degu", {**ON, "mask_source": "attention"}, no_uncond=True, source="attention"),
+        Variant("nu-degu", {**EVERY_STEP, "mask_source": "attention"}, no_uncond=True, source="attention"),
+        *(Variant(f"refresh-{n}", {**ON, "context_refresh": n}, source="attention") for n in REFRESH_CURVE),
     )
 }
 MEMORY_VARIANTS = ("plain", "attention", "difference", "full", "nu-plain", "nu-degu")
@@ -594,6 +606,7 @@ class Cell:
     code_instrumented: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     memory: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     memory_errors: dict[str, str] = field(default_factory=dict)
+    curve: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # whole generations
 
     def median(self, variant: str, cpu: bool = False) -> float | None:
         values = (self.steps_cpu if cpu else self.steps_wall).get(variant)
@@ -622,7 +635,7 @@ def _log(message: str) -> None:
 def time_cell(host: Host, latent: int, args: argparse.Namespace, device: torch.device, cell: Cell) -> None:
     sync = make_sync(device)
     timer = StepTimer(sync)
-    order = ["plain", "attention", "difference", "full", "window", "nu-plain", "nu-degu"]
+    order = ["plain", "attention", "difference", "full", "skip", "window", "nu-plain", "nu-degu"]
     code = CodeTimer(sync)
     # On the CPU the wrappers cost microseconds per call against seconds per step: they stay on in
     # the timed rounds. On CUDA they synchronise, so they only run in an extra instrumented round.
@@ -656,6 +669,19 @@ def time_cell(host: Host, latent: int, args: argparse.Namespace, device: torch.d
                 result = generate(host, VARIANTS[key], latent, args.steps, args.batch, device, timer, code)
             _add_code(cell, key, result)
             cell.code_instrumented[key] += result.step_wall
+
+
+def time_refresh_curve(host: Host, latent: int, args: argparse.Namespace, device: torch.device, cell: Cell) -> None:
+    """Whole generations of ``--refresh-steps`` steps: plain CFG, then DeGu at its defaults with
+    the context refreshed every N steps (N = 1: every step), interleaved, reversed on odd rounds."""
+    timer = StepTimer(make_sync(device))
+    order = ["plain", *(f"refresh-{n}" for n in REFRESH_CURVE)]
+    for repeat in range(args.refresh_repeats):
+        for key in order if repeat % 2 == 0 else order[::-1]:
+            result = generate(host, VARIANTS[key], latent, args.refresh_steps, args.batch, device, timer)
+            cell.curve[key].append(result.gen_wall)
+            _log(f"{host.spec.key} {latent}x{latent} curve {repeat + 1}/{args.refresh_repeats} {key:<10} "
+                 f"generation {result.gen_wall:7.2f} s")
 
 
 def _add_code(cell: Cell, key: str, result: GenResult) -> None:
@@ -849,7 +875,8 @@ def report(cells: dict[tuple[str, int], Cell], args: argparse.Namespace, device:
         prefix = [MODELS[model_key].label, f"{latent}x{latent} ({latent * harness.OPT_F}px)", str(args.batch)]
         tag = f"{model_key} {latent}x{latent}"
         common = {"cpu_times": cpu_times}
-        for key, label in (("attention", "attention mask"), ("difference", "difference mask")):
+        per_step = [("attention", "attention mask"), ("difference", "difference mask")]
+        for key, label in per_step if cell.median("attention") is not None else []:
             row, ratio, share, vs = _step_row(
                 cell, prefix, label, "plain", key, target=TARGETS[key], memory_baseline="full", **common
             )
@@ -859,18 +886,57 @@ def report(cells: dict[tuple[str, int], Cell], args: argparse.Namespace, device:
                 Check(f"{tag} {key} DeGu-code share of the step", share, TARGETS["code_share"], "share"),
                 Check(f"{tag} {key} peak memory vs 3-row batch without capture", vs[0], TARGETS["memory"], "memory"),
             ]
-        row, *_ = _step_row(
-            cell,
-            prefix,
-            "full mask (3 rows, no capture)",
-            "plain",
-            "full",
-            target=None,
-            memory_baseline=None,
-            share_target=False,
-            **common,
-        )
-        rows.append(row)
+        if cell.median("full") is not None:
+            row, *_ = _step_row(
+                cell,
+                prefix,
+                "full mask, balance -0.5 (3 rows, no capture)",
+                "plain",
+                "full",
+                target=None,
+                memory_baseline=None,
+                share_target=False,
+                **common,
+            )
+            rows.append(row)
+            row, ratio, _, _ = _step_row(
+                cell,
+                prefix,
+                "full mask, balance 0: M = 1, generic rows skipped",
+                "plain",
+                "skip",
+                target=TARGETS["skip"],
+                memory_baseline=None,
+                share_target=False,
+                **common,
+            )
+            rows.append(row)
+            checks.append(Check(f"{tag} full-mask skip step ratio", ratio, TARGETS["skip"], "ratio"))
+        for n in REFRESH_CURVE:
+            key = f"refresh-{n}"
+            if not cell.curve.get(key):
+                continue
+            ratio = _ratio(statistics.median(cell.curve[key]), statistics.median(cell.curve["plain"]))
+            default = n == DeGuSettings().context_refresh
+            rows.append(
+                [
+                    *prefix,
+                    f"context refresh every {n}{' (default)' if default else ''}: whole generation of "
+                    f"{args.refresh_steps} steps (ms)",
+                    _ms(statistics.median(cell.curve["plain"])),
+                    _ms(statistics.median(cell.curve[key])),
+                    _fmt_ratio(ratio),
+                    f"≤{TARGETS['refresh_default']:.2f}×" if default else "—",
+                    *(["—"] * 5),
+                    "(= attention)",
+                    "—",
+                ][: len(HEADER)]
+            )
+            if default:
+                target = TARGETS["refresh_default"]
+                checks.append(Check(f"{tag} defaults whole-generation ratio", ratio, target, "ratio"))
+        if cell.median("nu-degu") is None:
+            continue
         row, ratio, _, _ = _step_row(
             cell,
             prefix,
@@ -930,6 +996,9 @@ def report(cells: dict[tuple[str, int], Cell], args: argparse.Namespace, device:
     if not sizes:
         return None
     largest = cells[primary, max(sizes)]
+    if args.refresh_only:
+        default = f"refresh-{DeGuSettings().context_refresh}"
+        return _ratio(statistics.median(largest.curve[default]), statistics.median(largest.curve["plain"]))
     return _ratio(largest.median("attention"), largest.median("plain"))
 
 
@@ -989,6 +1058,11 @@ def print_method(args: argparse.Namespace, device: torch.device, dtype: torch.dt
         "(Flux-style single evaluation), DeGu = 2 rows (s, g) and its no-uncond formula, through the same adapter"
     )
     print("window: DeGu attention mask with start=0, end=0.5; whole txt2img wall time (conds, DeGu setup, sampling)")
+    print(
+        f"context refresh curve: whole txt2img wall time of {args.refresh_steps} steps, DeGu at its defaults "
+        f"(attention mask) with 'context refresh every N steps' = {', '.join(map(str, REFRESH_CURVE))}, "
+        f"{args.refresh_repeats} round(s), interleaved with plain CFG"
+    )
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -1011,6 +1085,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--quick", action="store_true", help="tiny models, small sizes, one round: a smoke run")
+    parser.add_argument("--refresh-steps", type=int, default=None,
+                        help="steps of the whole generations of the context-refresh curve (default 20)")
+    parser.add_argument("--refresh-repeats", type=int, default=1, help="rounds of the context-refresh curve")
+    parser.add_argument("--refresh-only", action="store_true",
+                        help="only the context-refresh curve (whole generations); ratio= is then the defaults'")
+    parser.add_argument("--no-refresh-curve", action="store_true", help="skip the context-refresh curve")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -1018,6 +1098,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.models = (args.models or ("tiny" if quick else "sd15,sdxl")).split(",")
     args.sizes = [int(s) for s in (args.sizes or ("8,16" if quick else "32,64")).split(",")]
     args.steps = args.steps or (2 if quick else 4)
+    args.refresh_steps = args.refresh_steps or (6 if quick else 20)
     args.repeats = args.repeats or (1 if quick else 3)
     args.memory = args.memory or ("inprocess" if quick else "subprocess")
     args.threads = (1 if args.threads is None else args.threads) if args.device == "cpu" else 0
@@ -1060,7 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {note}", flush=True)
             notes.append(note)
             continue
-        if args.memory == "subprocess":
+        if args.memory == "subprocess" and not args.refresh_only:
             for latent in sizes:
                 memory_cell(spec, latent, args, device, cells.setdefault((model_key, latent), Cell()))
         _log(f"building {spec.label} on {device} ({args.dtype})")
@@ -1068,9 +1149,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for latent in sizes:
                 cell = cells.setdefault((model_key, latent), Cell())
-                time_cell(host, latent, args, device, cell)
-                if args.memory == "inprocess":
-                    memory_cell_inprocess(host, latent, args, device, cell)
+                if not args.refresh_only:
+                    time_cell(host, latent, args, device, cell)
+                    if args.memory == "inprocess":
+                        memory_cell_inprocess(host, latent, args, device, cell)
+                if not args.no_refresh_curve:
+                    time_refresh_curve(host, latent, args, device, cell)
             if args.profile:
                 profile_degu_step(host, max(sizes), args, device)
         finally:
