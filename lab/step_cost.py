@@ -443,6 +443,7 @@ class GenResult:
     gen_wall: float
     code: dict[str, float] | None = None
     code_calls: dict[str, int] | None = None
+    gen_cpu: float = 0.0  # process CPU time: on a shared CPU it moves less with other jobs than wall time
 
 
 def generate(
@@ -477,10 +478,11 @@ def generate(
     shared.opts.skip_early_cond = 1.0 if variant.no_uncond else 0.0
     try:
         timer.sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         processed = harness.txt2img(p)
         timer.sync()
         gen_wall = time.perf_counter() - start
+        gen_cpu = time.process_time() - cpu_start
     finally:
         shared.opts.skip_early_cond = 0.0
 
@@ -503,6 +505,7 @@ def generate(
         gen_wall,
         dict(code.totals) if code is not None else None,
         dict(code.calls) if code is not None else None,
+        gen_cpu,
     )
 
 
@@ -607,6 +610,7 @@ class Cell:
     memory: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     memory_errors: dict[str, str] = field(default_factory=dict)
     curve: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # whole generations
+    curve_cpu: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     def median(self, variant: str, cpu: bool = False) -> float | None:
         values = (self.steps_cpu if cpu else self.steps_wall).get(variant)
@@ -680,6 +684,7 @@ def time_refresh_curve(host: Host, latent: int, args: argparse.Namespace, device
         for key in order if repeat % 2 == 0 else order[::-1]:
             result = generate(host, VARIANTS[key], latent, args.refresh_steps, args.batch, device, timer)
             cell.curve[key].append(result.gen_wall)
+            cell.curve_cpu[key].append(result.gen_cpu)
             _log(f"{host.spec.key} {latent}x{latent} curve {repeat + 1}/{args.refresh_repeats} {key:<10} "
                  f"generation {result.gen_wall:7.2f} s")
 
@@ -917,6 +922,7 @@ def report(cells: dict[tuple[str, int], Cell], args: argparse.Namespace, device:
             if not cell.curve.get(key):
                 continue
             ratio = _ratio(statistics.median(cell.curve[key]), statistics.median(cell.curve["plain"]))
+            cpu_ratio = _ratio(statistics.median(cell.curve_cpu[key]), statistics.median(cell.curve_cpu["plain"]))
             default = n == DeGuSettings().context_refresh
             rows.append(
                 [
@@ -927,7 +933,8 @@ def report(cells: dict[tuple[str, int], Cell], args: argparse.Namespace, device:
                     _ms(statistics.median(cell.curve[key])),
                     _fmt_ratio(ratio),
                     f"≤{TARGETS['refresh_default']:.2f}×" if default else "—",
-                    *(["—"] * 5),
+                    _fmt_ratio(cpu_ratio) if cpu_times else "—",
+                    *(["—"] * 4),
                     "(= attention)",
                     "—",
                 ][: len(HEADER)]
