@@ -175,7 +175,8 @@ def run_pair(
     variants: list[tuple[str, DeGuSettings | None, bool]] = [
         ("prompt", None, False),
         ("generic", None, True),
-        *((f"global {m:g}", degu(mask_source="full", balance=m - 1), False) for m in GLOBAL_LEVELS),
+        # The global mix is the competitor (dual CFG, subject-agnostic guidance): exact, every step.
+        *((f"global {m:g}", degu(mask_source="full", balance=m - 1, context_refresh=1), False) for m in GLOBAL_LEVELS),
         ("difference", degu(mask_source="difference"), False),
         ("attention", degu(), False),
     ]
