@@ -24,7 +24,7 @@ import torch
 from lab import model as lab_model
 from lab import personalise
 from lab.experiment import contexts, degu_settings
-from lab.sampling import sample
+from lab.sampling import ETA, sample
 from lab.subjects import SUBJECTS
 
 LAGS = (1, 2, 3)
@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(personalise.METHODS), choices=personalise.METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--split", choices=("dev", "test", "all"), default="test")
+    parser.add_argument("--eta", type=float, default=ETA, help="DDIM eta: 1 ancestral (the lab's), 0 deterministic")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -65,10 +66,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for subject in SUBJECTS:
         cases = [(context, seed) for context in contexts(subject, args.split) for seed in args.seeds]
         prompts = [context.prompt(f"{subject.token} {subject.shape}") for context, _ in cases]
-        settings = degu_settings(subject, subject=f"{subject.token} {subject.shape}", generic=subject.shape)
+        settings = degu_settings(subject, subject=f"{subject.token} {subject.shape}", generic=subject.shape,
+                                 context_refresh=1)
         for method in args.methods:
             model = personalise.load(subject, method, base)
-            result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=True, keep_streams=True)
+            result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=True, keep_streams=True,
+                            eta=args.eta)
             for name, lags in drift(result.streams, result.masks).items():
                 for lag, steps in lags.items():
                     into = collected.setdefault(name, {}).setdefault(lag, [[] for _ in steps])
