@@ -36,7 +36,7 @@ import torch
 from lab import judge as lab_judge
 from lab import model as lab_model
 from lab import personalise, scenes, scoring
-from lab.sampling import STEPS, sample
+from lab.sampling import ETA, STEPS, sample
 from lab.scoring import Context
 from lab.subjects import SUBJECTS, Subject
 from lib_degu.settings import DeGuSettings
@@ -96,10 +96,11 @@ def run_variant(
     settings: DeGuSettings | None,
     *,
     generic_prompt: bool = False,
+    eta: float = ETA,
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     words = subject.shape if generic_prompt else f"{subject.token} {subject.shape}"
     prompts = [context.prompt(words) for context, _ in cases]
-    result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=settings is not None)
+    result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=settings is not None, eta=eta)
     reading = lab_judge.read(judge, result.images)
     return {
         "fidelity": scoring.fidelity(reading, subject),
@@ -160,7 +161,7 @@ def advantage(rows: Sequence[Row], variant: str = "attention") -> float:
 def run_pair(
     model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
     cases: Sequence[tuple[Context, int]], *, sweep: bool = True, overrides: Mapping[str, object] | None = None,
-    phrase: bool = False, refresh: Sequence[int] = (),
+    phrase: bool = False, refresh: Sequence[int] = (), eta: float = ETA,
 ) -> list[Row]:
     """Every variant for one personalised model. ``overrides`` replace DeGu's defaults (mask settings
     to try) in the DeGu variants, under the variant's own changes. ``phrase``: the subject field holds
@@ -187,7 +188,8 @@ def run_pair(
     refresh = sorted({1, *refresh}) if refresh else []
     variants += [(f"attention refresh={n}", degu(context_refresh=n), False) for n in refresh]
     return [
-        summarise(method, subject, name, run_variant(model, judge, subject, cases, settings, generic_prompt=generic))
+        summarise(method, subject, name,
+                  run_variant(model, judge, subject, cases, settings, generic_prompt=generic, eta=eta))
         for name, settings, generic in variants
     ]
 
@@ -281,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--refresh", nargs="+", type=int, default=[], metavar="N",
                         help="also run the defaults with 'context refresh every N steps' (and N = 1, the "
                              "baseline) and report cost vs quality change")
+    parser.add_argument("--eta", type=float, default=ETA,
+                        help="DDIM eta of the sampler: 1 ancestral (the lab's default), 0 deterministic")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every row here")
     parser.add_argument("--plot", type=Path, help="write the fidelity-vs-editability plot here (needs matplotlib)")
@@ -295,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         cases = [(context, seed) for context in contexts(subject, args.split) for seed in args.seeds]
         for method in args.methods:
             pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
-                            sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase, refresh=args.refresh)
+                            sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase, refresh=args.refresh,
+                            eta=args.eta)
             rows += pair
             advantages.append(advantage(pair))
             attention = next(r for r in pair if r.variant == "attention")

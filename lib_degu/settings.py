@@ -132,7 +132,8 @@ class DeGuSettings:
         metadata={"spec": FieldSpec(
             "Context refresh every N steps", "DeGu context refresh",
             "Run the generic prompt only on every N-th step and reuse its difference to the prompt in "
-            "between: 3 costs about 1.2x plain CFG instead of 1.5x. 1 runs it on every step (exact).",
+            "between: 3 costs about 1.2x plain CFG instead of 1.5x, with a slightly weaker context. "
+            "1 runs it on every step (exact); below balance 0 it always runs on every step.",
             minimum=1, maximum=8, step=1, before_it_existed=1)},
     )
 

@@ -8,8 +8,8 @@ The context stream costs one model row per image and step. ``Guide.needs_context
 before each model call whether the generic rows must run:
 - not when the mask is known to be 1 everywhere and ``g`` cannot reach the output (balance +1, or
   the full mask at balance >= 0; with an uncond, or at identity scale 1);
-- otherwise on every ``context_refresh``-th call (every call at balance -1, where the context
-  stream is the whole output). In between, the context stream is rebuilt from
+- otherwise on every ``context_refresh``-th call (every call below balance 0, where the user asks
+  for the context and a reused one is measurably weaker). In between, the context stream is rebuilt from
   the identity stream and the last measured difference ``(g - s) / sigma``: the subject word's
   effect on the prediction, which moves slowly over the schedule. Dividing by the noise level
   makes the stored difference independent of the parameterisation the host combines in (denoised
@@ -73,8 +73,10 @@ class Guide:
         """
         if self.mask_is_full and (has_uncond or self.settings.identity_scale == 1.0):
             return False  # M == 1: out = u + w*a_id*(s - u), or s; g cannot reach it
-        # At balance -1 (M == 0) the context stream is the whole output: measure it every call.
-        due = self.calls_since_refresh + 1 >= self.settings.context_refresh or self.settings.balance <= -1.0
+        # Below balance 0 the user asks for the context: measured, a reused context stream gave up most
+        # of DeGu's advantage over the global mix (lab, balance -0.5: 0.050 -> 0.005); at -1 it is the
+        # whole output. Measure it on every call there.
+        due = self.calls_since_refresh + 1 >= self.settings.context_refresh or self.settings.balance < 0.0
         if due or self.context_difference is None or key != self.context_key:
             self.calls_since_refresh = 0
             self.context_key = key

@@ -57,12 +57,14 @@ def test_full_mask_unit_scales_is_the_host_at_the_hosts_cost(host):
         ({**FULL, "identity_scale": 1.5, "context_scale": 0.5, "balance": 0.5}, 2, [4] * 4),
         ({**FULL, "balance": -0.5, "context_refresh": 1}, 2, [6] * 4),
         ({**DEFAULTS, "balance": -1.0}, 2, [6] * 4),  # M = 0: the context is the whole output, never reused
+        ({**DEFAULTS, "balance": -0.25}, 2, [6] * 4),  # below 0 the context is measured on every step
+        ({**DEFAULTS, "balance": 0.25}, 2, [6, 4, 4, 6]),
         (ON, 1, [5] * 4),  # the image whose prompt lacks the subject adds no row
         ({**ON, "context_refresh": 2}, 2, [6, 4, 6, 4]),
         ({**ON, "context_refresh": 3, "start": 0.5}, 2, [4, 4, 6, 4]),
     ],
-    ids=["off", "every-step", "defaults", "balance+1", "full-scaled", "full-balance-0.5", "balance-1",
-         "one-without-subject", "refresh-2", "refresh-3-window"],
+    ids=["off", "every-step", "defaults", "balance+1", "full-scaled", "full-balance-0.5", "balance-1", "balance-0.25",
+         "balance+0.25", "one-without-subject", "refresh-2", "refresh-3-window"],
 )
 def test_model_rows_per_call(host, degu, prompts, expected):
     """Issue 16: never pay for a stream that cannot change the image; refresh the context every N calls."""

@@ -780,8 +780,10 @@ def _rows_per_call(host):
         (DEFAULTS, {"steps": 4}, [3, 2, 2, 3]),  # the generic entry is simply absent on reuse steps
         (DEFAULTS, {"prompt": "a photo of [sks dog:sks cat:1] on a beach", "steps": 6}, [3, 2, 3, 2, 2, 3]),
         ({**DEFAULTS, "balance": -1.0}, {}, [3] * 3),
+        # Heun calls the model twice per step (once on the last): calls, not steps, are counted.
+        (DEFAULTS, {"sampler_name": "Heun"}, [3, 2, 2, 3, 2]),
     ],
-    ids=["full", "full-scaled", "defaults", "prompt-editing", "balance-1"],
+    ids=["full", "full-scaled", "defaults", "prompt-editing", "balance-1", "heun"],
 )
 def test_model_rows_per_call_on_forges_batcher(forge, degu, kwargs, expected):
     host = harness.make_host("sd15")

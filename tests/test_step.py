@@ -94,6 +94,10 @@ def test_generic_rows_are_skipped_when_the_mask_is_known_to_be_one():
     assert _pattern(Guide(full), 2, has_uncond=False) == [False, False]  # a_id = 1: out = s
     # A mask that is not known to be 1 needs g on every call by default.
     assert _pattern(Guide(full.replace(balance=-0.5)), 3) == [True] * 3
+    # Below balance 0 the context is measured on every call whatever the refresh interval.
+    reusing = Guide(DeGuSettings(enabled=True, balance=-0.05, context_refresh=4))
+    reusing.context_difference = torch.zeros(1)
+    assert _pattern(reusing, 3) == [True] * 3
     assert _pattern(Guide(DeGuSettings(enabled=True, balance=0.99)), 3) == [True] * 3
 
 
