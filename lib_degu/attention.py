@@ -308,3 +308,150 @@ def _rows_of(value: Any, rows: torch.Tensor, batch: int) -> Any:
     if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch and batch > 1:
         return value.index_select(0, rows.to(value.device))
     return value
+
+
+# MM-DiT (SD3 in A1111, SD3.5 in Forge): the joint attention of the middle third of the joint blocks
+# (SD3/SD3.5-medium, depth 24: blocks 8-15; SD3.5-large, depth 38: blocks 13-24). The first blocks
+# still see mostly noise and position, the last ones refine texture and their text stream is
+# ``pre_only``; mid-depth blocks are where training-free editing and segmentation work on MM-DiTs
+# reads text-image attention. Not measured here (no trained MM-DiT can be downloaded); the span is
+# also the cost lever: a third of the blocks keeps the capture within 3 % of a DiT step
+# (lab/step_cost.py, DiT rows).
+MMDIT_BLOCK_SPAN = (1 / 3, 2 / 3)
+
+
+def mmdit_blocks(depth: int, span: tuple[float, float] = MMDIT_BLOCK_SPAN) -> list[int]:
+    """The joint blocks read at this depth: ``[depth*span[0], depth*span[1])`` rounded, at least one."""
+    first, stop = int(depth * span[0] + 0.5), int(depth * span[1] + 0.5)
+    if stop <= first:
+        first, stop = depth // 2, depth // 2 + 1
+    return list(range(first, min(stop, depth)))
+
+
+def find_mmdit(root: nn.Module | None) -> dict[str, Any] | None:
+    """The namespace whose global ``attention`` the MM-DiT's joint blocks call, or None.
+
+    SD3/SD3.5 (A1111 ``modules/models/sd3/mmdit.py``, Forge ``backend/nn/mmditx.py``): ``joint_blocks``
+    of blocks with a ``context_block`` and an ``x_block``, whose ``forward`` calls ``block_mixing``,
+    which looks up ``attention`` in the module's globals at call time (so patching that name reaches
+    every block, whatever module object the host loaded it as).
+    """
+    blocks = getattr(root, "joint_blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        return None
+    if not all(hasattr(block, "context_block") and hasattr(block, "x_block") for block in blocks):
+        return None
+    namespace = getattr(type(blocks[0]).forward, "__globals__", None)
+    if not isinstance(namespace, dict):
+        return None
+    if not callable(namespace.get("attention")) or not callable(namespace.get("block_mixing")):
+        return None
+    return namespace
+
+
+class MMDiTCapture(AttentionCapture):
+    """The subject map of an MM-DiT (SD3/SD3.5): per image token, the joint attention's mass on the
+    subject's text keys, averaged over heads and the chosen joint blocks.
+
+    Exact and cheap, without the attention matrix (the indicator-value trick of
+    ``JointAttentionCapture``): in each chosen block, the host's own ``attention(q, k, v, heads)`` runs
+    once more on the identity rows only, with the image tokens' queries only and values that are 1 at
+    the subject's text keys (channel 0 of every head) and 0 elsewhere; its output at each image token
+    is that token's attention mass on the subject. Only a block's first ``attention`` call is the joint
+    one (``block_mixing`` order); SD3.5-medium's MMDiT-X ``x_block.attn2`` self-attention (image keys
+    only) comes second and is never read.
+
+    Same protocol as ``AttentionCapture`` (``begin_step``/``arm_call``/``take``, a context manager):
+    while inside, a pre-hook on the root and hooks on the chosen blocks exist and the namespace's
+    ``attention`` is wrapped; every one of them is undone on exit, also after an exception.
+    """
+
+    def __init__(self, root: nn.Module, *, blocks: Collection[int] | None = None) -> None:
+        super().__init__(nn.Module(), downsample_factors=None)
+        namespace = find_mmdit(root)
+        if namespace is None:
+            raise ValueError(f"{type(root).__name__} is not an MM-DiT with joint blocks")
+        self.root, self.namespace = root, namespace
+        depth = len(root.joint_blocks)
+        self.blocks = sorted(blocks) if blocks is not None else mmdit_blocks(depth)
+        self.patch_size = int(getattr(root, "patch_size", 2))
+        self.registers = int(getattr(root, "register_length", 0) or 0)
+        self._live: list[bool] | None = None
+        self._original: Any = None
+        self._wrapper: Any = None
+        self._block_calls = -1  # calls of ``attention`` in the current chosen block; -1: outside one
+
+    def __enter__(self) -> MMDiTCapture:
+        try:
+            self._handles.append(self.root.register_forward_pre_hook(self._on_root_call, with_kwargs=True))
+            for index in self.blocks:
+                block = self.root.joint_blocks[index]
+                self._handles.append(block.register_forward_pre_hook(self._enter_block))
+                self._handles.append(block.register_forward_hook(self._leave_block))
+            self._patch_kernel()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        super().remove()
+        self._unpatch_kernel()
+        self._block_calls = -1
+
+    def _on_root_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._block_calls = -1
+        super()._on_root_call(module, args, kwargs)
+
+    def _enter_block(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._block_calls = 0
+
+    def _leave_block(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._block_calls = -1
+
+    # -- the kernel -----------------------------------------------------------------------------------
+    def _patch_kernel(self) -> None:
+        original = self.namespace["attention"]
+        live = [True]
+
+        def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            out = original(q, k, v, *args, **kwargs)
+            if live[0] and self._block_calls >= 0:
+                self._block_calls += 1
+                if self._block_calls == 1 and self._call is not None and self._weights is not None:
+                    self._measure(original, q, k, v, args, kwargs)
+            return out
+
+        self._original, self._wrapper, self._live = original, attention, live
+        self.namespace["attention"] = attention
+
+    def _unpatch_kernel(self) -> None:
+        if self._live is None:
+            return
+        self._live[0] = False  # if another patch wraps ours, ours now only passes calls through
+        if self.namespace.get("attention") is self._wrapper:
+            self.namespace["attention"] = self._original
+        self._live = self._original = self._wrapper = None
+
+    @torch.no_grad()
+    def _measure(self, kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: Any, kwargs: Any) -> None:
+        call, weights = self._call, self._weights
+        assert call is not None and weights is not None
+        heads = args[0] if args else kwargs.get("heads")
+        if not isinstance(heads, int) or len(args) > 1 or kwargs.get("mask") is not None:
+            return
+        height, width = call.latent_hw
+        image = math.ceil(height / self.patch_size) * math.ceil(width / self.patch_size)
+        length = q.shape[1]
+        text = length - image
+        if text <= self.registers or k.shape[1] != length or v.shape[1] != length:
+            return  # not a joint attention over text + this image's tokens
+        rows = call.local_rows.to(q.device)
+        head_dim = q.shape[-1] // heads
+        indicator = _fit_tokens(weights.index_select(0, call.images.to(weights.device)), text - self.registers)
+        values = torch.zeros_like(v.index_select(0, rows))
+        keys = values.view(len(rows), length, heads, head_dim)
+        keys[:, self.registers : text, :, 0] = indicator[:, :, None].to(values)
+        out = kernel(q.index_select(0, rows)[:, text:], k.index_select(0, rows), values, heads)
+        mass = out.float().reshape(len(rows), image, heads, head_dim)[..., 0].mean(dim=2)
+        self._fold(mass, self.patch_size)
