@@ -310,14 +310,15 @@ def _rows_of(value: Any, rows: torch.Tensor, batch: int) -> Any:
     return value
 
 
-# MM-DiT (SD3 in A1111, SD3.5 in Forge): the joint attention of the middle third of the joint blocks
-# (SD3/SD3.5-medium, depth 24: blocks 8-15; SD3.5-large, depth 38: blocks 13-24). The first blocks
+# MM-DiT (SD3 in A1111, SD3.5 in Forge): the joint attention of the middle quarter of the joint blocks
+# (SD3/SD3.5-medium, depth 24: blocks 9-14; SD3.5-large, depth 38: blocks 14-23). The first blocks
 # still see mostly noise and position, the last ones refine texture and their text stream is
 # ``pre_only``; mid-depth blocks are where training-free editing and segmentation work on MM-DiTs
-# reads text-image attention. Not measured here (no trained MM-DiT can be downloaded); the span is
-# also the cost lever: a third of the blocks keeps the capture within 3 % of a DiT step
-# (lab/step_cost.py, DiT rows).
-MMDIT_BLOCK_SPAN = (1 / 3, 2 / 3)
+# reads text-image attention. Not measured here (no trained MM-DiT can be downloaded). The span is also
+# the cost lever: the capture re-runs the attention of the blocks it reads for one row in three, so
+# its share of a step is about (attention's share of a block) x (blocks read) / 3; at 1024 px that is
+# 2.6 % for SD3-medium with a quarter of the blocks, 3.4 % with a third (lab/step_cost.py, DiT rows).
+MMDIT_BLOCK_SPAN = (3 / 8, 5 / 8)
 
 
 def mmdit_blocks(depth: int, span: tuple[float, float] = MMDIT_BLOCK_SPAN) -> list[int]:

@@ -25,7 +25,7 @@ from tests.fake_forge import harness as forge_harness
 from tests.mmdit_reference import explicit_joint_map, recorded_joint_attention, sharpen_joint_attention
 
 LAYOUTS = ["sd3-a1111", "sd35-large", "sd35-medium"]
-CHOSEN = [2, 3]  # the middle third of the tiny models' 6 blocks
+CHOSEN = [2, 3]  # the middle quarter of the tiny models' 6 blocks, rounded
 
 
 def _model(layout: str, seed: int = 0) -> torch.nn.Module:
@@ -64,10 +64,10 @@ def _run(model, x, t, context):
         return model(x, t, y=_pooled(model, x.shape[0]), context=context)
 
 
-def test_the_chosen_blocks_are_the_middle_third():
-    assert MMDIT_BLOCK_SPAN == (1 / 3, 2 / 3)
-    assert mmdit_blocks(24) == list(range(8, 16))  # SD3 medium, SD3.5 medium
-    assert mmdit_blocks(38) == list(range(13, 25))  # SD3.5 large
+def test_the_chosen_blocks_are_the_middle_quarter():
+    assert MMDIT_BLOCK_SPAN == (3 / 8, 5 / 8)
+    assert mmdit_blocks(24) == list(range(9, 15))  # SD3 medium, SD3.5 medium
+    assert mmdit_blocks(38) == list(range(14, 24))  # SD3.5 large
     assert mmdit_blocks(6) == CHOSEN
     assert mmdit_blocks(2) == [1] and mmdit_blocks(1) == [0]  # never none
 

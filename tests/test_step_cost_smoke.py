@@ -21,3 +21,4 @@ def test_quick_run_ends_with_a_parseable_ratio_line():
     assert match, last
     assert float(match.group(1)) > 0
     assert "attention mask" in text and "no-uncond" in text and "window 0–50%" in text
+    assert "DiT step" in text and "tiny SD3.5" in text and "tiny Flux" in text

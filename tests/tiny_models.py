@@ -32,7 +32,7 @@ def tiny_unet(seed: int = 0, in_channels: int = 4, **extra: object) -> UNet2DCon
 
 
 # The MM-DiT layouts of the real hosts, small: depth 6 (real: 24 or 38), head dim 8 (real: 64), so
-# the chosen middle third is blocks 2-3 and blocks 0-1 and 4-5 lie outside it.
+# the chosen middle quarter (rounded) is blocks 2-3 and blocks 0-1 and 4-5 lie outside it.
 MMDIT_DEPTH = 6
 MMDIT_HEAD_DIM = 8
 SD35_VARIANTS = ("large", "medium")

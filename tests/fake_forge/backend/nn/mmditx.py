@@ -9,9 +9,10 @@ for ``x_block.attn2``, a self-attention over the image tokens only; q/k pass thr
 (RMSNorm for SD3.5); ``transformer_options["skip_layers"]`` skips blocks; the last block's context
 stream is ``pre_only``.
 
-The one departure: the real width is ``64 * depth`` (head dim 64, ``depth`` heads); ``head_dim``
-shrinks it for tests. ``pos_embed`` is filled with the 2-D sin-cos table (the real one is loaded from
-the checkpoint) and RMSNorm weights start at 1 (the real ones are ``torch.empty`` until loaded).
+The departures: the real width is ``64 * depth`` (head dim 64, ``depth`` heads); ``head_dim``
+shrinks it for tests, ``width_depth`` keeps a full model's width at fewer blocks (lab/step_cost.py).
+``pos_embed`` is filled with the 2-D sin-cos table (the real one is loaded from the checkpoint) and
+RMSNorm weights start at 1 (the real ones are ``torch.empty`` until loaded).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ class MMDiTX(nn.Module):
                  adm_in_channels: int = 2048, context_embedder_config: dict | None = None, register_length: int = 0,
                  pos_embed_max_size: int = 192, qk_norm: str | None = None,
                  x_block_self_attn_layers: list[int] | None = None, qkv_bias: bool = True,
-                 head_dim: int = 64) -> None:
+                 head_dim: int = 64, width_depth: int | None = None) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = 16
@@ -247,8 +248,8 @@ class MMDiTX(nn.Module):
         self.x_block_self_attn_layers = (
             list(range(13)) if pos_embed_max_size == 384 else list(x_block_self_attn_layers or [])
         )
-        hidden_size = head_dim * depth
-        num_heads = depth
+        hidden_size = head_dim * (width_depth or depth)
+        num_heads = width_depth or depth
         self.num_heads = num_heads
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
