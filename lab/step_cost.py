@@ -1001,19 +1001,20 @@ class DitSpec:
     key: str
     label: str
     width_depth: int  # SD3.5: width 64 * this (38 = large); Flux: 3072
-    blocks: int  # joint blocks built (SD3.5) / double blocks (Flux, with 2x as many single blocks)
+    blocks: int  # joint blocks built (SD3/SD3.5) / double blocks (Flux, with 3x as many single blocks)
     full_blocks: str
     text_tokens: int
     rows: int  # rows of the DeGu step's model call: SD3.5 prompt + generic + uncond, Flux dev prompt + generic
     read_share: float  # the share of the full model's blocks the capture reads (mmdit_blocks: 1 of the 4 built)
+    # (Flux: 15 of 57 since the capture reads the middle quarter of its blocks; every block before)
 
 
 DITS = {
     "sd3": DitSpec("sd3", "SD3-medium proportions (A1111)", 24, 4, "24 joint", 154, 3, 6 / 24),
     "sd35": DitSpec("sd35", "SD3.5-large proportions (Forge)", 38, 4, "38 joint", 77 + 256, 3, 10 / 38),
-    "flux": DitSpec("flux", "Flux-dev proportions (Forge)", 3072, 1, "19 double + 38 single", 256, 2, 1.0),
+    "flux": DitSpec("flux", "Flux-dev proportions (Forge)", 3072, 1, "19 double + 38 single", 256, 2, 15 / 57),
     "sd35-tiny": DitSpec("sd35-tiny", "tiny SD3.5 (smoke)", 4, 4, "-", 77 + 16, 3, 1 / 4),
-    "flux-tiny": DitSpec("flux-tiny", "tiny Flux (smoke)", 64, 1, "-", 16, 2, 1.0),
+    "flux-tiny": DitSpec("flux-tiny", "tiny Flux (smoke)", 64, 1, "-", 16, 2, 1 / 4),
 }
 
 
@@ -1044,7 +1045,7 @@ def _build_dit(spec: DitSpec, seed: int = 0) -> tuple[torch.nn.Module, Any, Call
         heads = max(1, spec.width_depth // 128)
         model = IntegratedFluxTransformer2DModel(
             in_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=spec.width_depth, mlp_ratio=4.0,
-            num_heads=heads, depth=spec.blocks, depth_single_blocks=2 * spec.blocks,
+            num_heads=heads, depth=spec.blocks, depth_single_blocks=3 * spec.blocks,
             axes_dim=[16, 56, 56] if spec.width_depth == 3072 else [8, 28, 28], theta=10000, qkv_bias=True,
             guidance_embed=True,
         )
@@ -1053,7 +1054,7 @@ def _build_dit(spec: DitSpec, seed: int = 0) -> tuple[torch.nn.Module, Any, Call
         def call(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> Any:
             return model(x, t, context=context, y=y, guidance=guidance)
 
-        return model.eval().requires_grad_(False), lambda: JointAttentionCapture(flux_module), call
+        return model.eval().requires_grad_(False), lambda: JointAttentionCapture(flux_module, root=model), call
 
 
 def dit_flops_share(spec: DitSpec, latent: int) -> float:
@@ -1120,6 +1121,12 @@ def time_dit(spec: DitSpec, latent: int, repeats: int) -> dict[str, float]:
     return result
 
 
+def _built(spec: DitSpec) -> str:
+    if spec.key.startswith("flux"):
+        return f"{spec.blocks} double + {3 * spec.blocks} single of {spec.full_blocks}"
+    return f"{spec.blocks} of {spec.full_blocks}"
+
+
 def report_dits(args: argparse.Namespace) -> None:
     rows = []
     for key in args.dits:
@@ -1130,7 +1137,7 @@ def report_dits(args: argparse.Namespace) -> None:
             share = ms["inside"] / ms["plain"]
             estimate = dit_flops_share(spec, 128)
             rows.append([
-                spec.label, f"{spec.blocks} of {spec.full_blocks}", f"{latent}x{latent} ({latent * 8}px)",
+                spec.label, _built(spec), f"{latent}x{latent} ({latent * 8}px)",
                 str(spec.rows), f"{ms['plain']:.1f}", f"{ms['capture']:.1f}", f"{ms['inside']:.1f}",
                 f"{100 * share:.2f}%", f"{100 * dit_flops_share(spec, latent):.2f}%", f"{100 * estimate:.2f}%",
                 _verdict(max(share, estimate), 0.03),

@@ -13,6 +13,8 @@ import torch
 from lib_degu.attention import find_mmdit
 from lib_degu.mask import resize
 
+__all__ = ["explicit_joint_map", "recorded_joint_attention", "resize", "sharpen_joint_attention"]
+
 
 @dataclass
 class JointCall:

@@ -308,3 +308,68 @@ def test_half_precision_map_is_close_to_float32(layout):
     assert maps[torch.bfloat16].dtype == torch.float32
     assert torch.allclose(maps[torch.bfloat16], maps[torch.float32], atol=2e-2)
     assert math.isfinite(float(maps[torch.bfloat16].sum()))
+
+
+def test_flux_capture_reads_the_middle_quarter_of_its_blocks_exactly():
+    """Forge's Flux (2 double + 6 single blocks here): with ``root`` the capture reads blocks 3-4 of the
+    double-then-single sequence (single blocks 1-2), each exactly (rope applied, as the kernel does)."""
+    from lib_degu.attention import JointAttentionCapture
+    from tests.mmdit_reference import resize
+
+    with forge_harness.installed():
+        from backend.nn import flux
+
+        from tests.fake_forge.tiny_flux import tiny_flux
+
+        model = tiny_flux(0, depth=2, depth_single_blocks=6).requires_grad_(False)
+    sequence = [*model.double_blocks, *model.single_blocks]
+    assert mmdit_blocks(len(sequence)) == [3, 4]
+    gen = torch.Generator().manual_seed(0)
+    x, context = torch.randn(2, 16, 8, 8, generator=gen), torch.randn(2, 12, 32, generator=gen)
+    t, y, guidance = torch.full((2,), 0.7), torch.randn(2, 16, generator=gen), torch.full((2,), 3.5)
+    recorded, current = [], {"block": -1}
+    kernel = flux.attention
+
+    def record(q, k, v, pe=None):
+        if current["block"] >= 0 and q.shape[0] == 2:  # the model's calls, not the capture's (one row)
+            recorded.append((current["block"], *flux.apply_rope(q, k, pe)))
+        return kernel(q, k, v, pe=pe)
+
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: current.update(block=i)) for i, b in enumerate(sequence)]
+    flux.attention = record
+    try:
+        capture = JointAttentionCapture(flux, root=model)
+        capture.begin_step([0], token_indicator([[2, 7]], 12))
+        with torch.no_grad():
+            capture.call([(1, 0)], 12, (8, 8), lambda: model(x, t, context=context, y=y, guidance=guidance))
+        got = capture.take()
+    finally:
+        flux.attention = kernel
+        for handle in handles:
+            handle.remove()
+    assert flux.attention is kernel and not any(b._forward_pre_hooks or b._forward_hooks for b in sequence)
+    expected = torch.zeros(8, 8, dtype=torch.float64)
+    for block, q, k in recorded:
+        if block in (3, 4):
+            probs = torch.softmax(q[1].double() @ k[1].double().transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)
+            mass = probs[:, 12:, [2, 7]].sum(-1).mean(0).view(1, 4, 4).float()
+            expected += resize(mass, (8, 8))[0].double() / 2
+    assert got is not None and torch.allclose(got[0].double(), expected, atol=1e-5)
+
+
+def test_split_batch_calls_map_rows_by_offset(layout_model):
+    """A1111 with ``batch_cond_uncond`` off: the same rows arrive in consecutive calls of one row each."""
+    layout, model = layout_model
+    x, t, context = _inputs(3, (8, 8))
+    y = _pooled(model, 3)
+    weights = token_indicator([[3, 170], [7]], context.shape[1])
+    with MMDiTCapture(model) as capture, torch.no_grad():
+        capture.begin_step([1, 2], weights)
+        model(x, t, y=y, context=context)
+        whole = capture.take()
+        capture.begin_step([1, 2], weights)
+        for row in range(3):
+            model(x[row : row + 1], t[row : row + 1], y=y[row : row + 1], context=context[row : row + 1])
+        split = capture.take()
+    assert whole is not None and split is not None
+    assert torch.allclose(whole, split, atol=1e-5)

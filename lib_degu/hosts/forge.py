@@ -210,8 +210,8 @@ def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[lis
         return AttentionCapture(diffusion_model)
     elif mmdit:
         return MMDiTCapture(diffusion_model)
-    else:
-        return JointAttentionCapture(flux)
+    else:  # Flux, Chroma: the middle quarter of the double-then-single block sequence
+        return JointAttentionCapture(flux, root=diffusion_model)
     generation.note(p, f"DeGu: attention mask unavailable ({reason}); using the difference mask.")
     return None
 
