@@ -99,10 +99,9 @@ def _subject_keys(model: Any, text: str, generic: str, subject: str) -> list[int
     """The subject's key positions in the model's text conditioning ([] if they cannot be found)."""
     if hasattr(model, "text_processing_engine_g") and hasattr(model, "text_processing_engine_t5"):
         # SD3.5: CLIP-L/G chunks of 77, then the T5 tokens (zeros unless ``sd3_enable_t5``, off by default)
-        from modules.shared import opts
-
         clip = getattr(model.text_processing_engine_l, "tokenize_line", None)
-        t5 = _line_tokenizer(model.text_processing_engine_t5) if getattr(opts, "sd3_enable_t5", False) else None
+        t5_on = getattr(shared.opts, "sd3_enable_t5", False)
+        t5 = _line_tokenizer(model.text_processing_engine_t5) if t5_on else None
         if clip is None:
             return []
         return sd3_subject_keys(clip, t5, text, generic, subject, t5_cut_to_clip=False)
