@@ -274,8 +274,10 @@ class _Chunk:
 
 
 def _clip(line):
+    """CLIP-like: chunks of 75 words between BOS (1) and EOS/padding (2), 77 tokens each."""
     words = [hash(w) % 1000 + 10 for w in line.split()]
-    return [_Chunk(([1] + words + [2] * 76)[:76] + [2])], len(words)
+    chunks = [words[i : i + 75] for i in range(0, max(len(words), 1), 75)]
+    return [_Chunk([1] + c + [2] * (76 - len(c))) for c in chunks], len(words)
 
 
 def _t5(line):
@@ -286,11 +288,18 @@ def test_sd3_subject_keys_count_clip_and_t5_and_only_clip_when_t5_is_off():
     text, generic = "a photo of sks dog", "a photo of a dog"
     assert sd3_subject_keys(_clip, None, text, generic, "sks", t5_cut_to_clip=True) == [4]
     assert sd3_subject_keys(_clip, _t5, text, generic, "sks", t5_cut_to_clip=True) == [4, 77 + 3]
-    long_text = " ".join(["w"] * 80) + " sks"
-    assert sd3_subject_keys(_clip, _t5, long_text, long_text.replace("sks", "a"), "sks", t5_cut_to_clip=False) == [
-        77 + 80
-    ]  # the CLIP chunk cut it off; T5 (Forge: not cut) still has it
-    assert sd3_subject_keys(_clip, _t5, long_text, long_text.replace("sks", "a"), "sks", t5_cut_to_clip=True) == []
+    long_text = " ".join(["w"] * 80) + " sks"  # 81 words: two CLIP chunks, the subject in the second
+    long_generic = long_text.replace("sks", "a")
+    # CLIP: chunk 1, after its BOS; T5 (no BOS) from 2 * 77 on
+    assert sd3_subject_keys(_clip, _t5, long_text, long_generic, "sks", t5_cut_to_clip=False) == [77 + 6, 154 + 80]
+    cut = " ".join(["w"] * 200) + " sks"  # 3 CLIP chunks (231 keys); T5 position 200 < 231 stays when cut
+    assert sd3_subject_keys(_clip, _t5, cut, cut.replace("sks", "a"), "sks", t5_cut_to_clip=True) == [
+        2 * 77 + 1 + 50, 231 + 200
+    ]
+    few = "sks " + " ".join(["w"] * 10)  # one chunk: A1111 cuts T5 at 77 keys, so a T5 key at 77+ is dropped
+    t5_long = lambda line: ([_Chunk([7] * 100 + [hash(w) % 1000 + 10 for w in line.split()])], 0)  # noqa: E731
+    assert sd3_subject_keys(_clip, t5_long, few, few.replace("sks", "a"), "sks", t5_cut_to_clip=True) == [1]
+    assert sd3_subject_keys(_clip, t5_long, few, few.replace("sks", "a"), "sks", t5_cut_to_clip=False) == [1, 177]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
