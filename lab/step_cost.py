@@ -1073,11 +1073,168 @@ def print_method(args: argparse.Namespace, device: torch.device, dtype: torch.dt
 
 
 # -- main ------------------------------------------------------------------------------------------
+# -- DiT rows: the attention capture's share of a joint-attention DiT step -----------------------------
+@dataclass(frozen=True)
+class DitSpec:
+    """A DiT at its real width and text length, at fewer blocks; the capture reads the same share of
+    them as on the full model."""
+
+    key: str
+    label: str
+    width_depth: int  # SD3.5: width 64 * this (38 = large); Flux: 3072
+    blocks: int  # joint blocks built (SD3/SD3.5) / double blocks (Flux, with 3x as many single blocks)
+    full_blocks: str
+    text_tokens: int
+    rows: int  # rows of the DeGu step's model call: SD3.5 prompt + generic + uncond, Flux dev prompt + generic
+    read_share: float  # the share of the full model's blocks the capture reads (mmdit_blocks: 1 of the 4 built)
+    # (Flux: 15 of 57 since the capture reads the middle quarter of its blocks; every block before)
+
+
+DITS = {
+    "sd3": DitSpec("sd3", "SD3-medium proportions (A1111)", 24, 4, "24 joint", 154, 3, 6 / 24),
+    "sd35": DitSpec("sd35", "SD3.5-large proportions (Forge)", 38, 4, "38 joint", 77 + 256, 3, 10 / 38),
+    "flux": DitSpec("flux", "Flux-dev proportions (Forge)", 3072, 1, "19 double + 38 single", 256, 2, 15 / 57),
+    "sd35-tiny": DitSpec("sd35-tiny", "tiny SD3.5 (smoke)", 4, 4, "-", 77 + 16, 3, 1 / 4),
+    "flux-tiny": DitSpec("flux-tiny", "tiny Flux (smoke)", 64, 1, "-", 16, 2, 1 / 4),
+}
+
+
+def _build_dit(spec: DitSpec, seed: int = 0) -> tuple[torch.nn.Module, Any, Callable[..., Any]]:
+    """(model, capture factory, call(x, t, context) -> output) for one DiT spec, float32 on the CPU."""
+    from lib_degu.attention import JointAttentionCapture, MMDiTCapture
+    from tests.fake_forge import harness as forge_harness
+
+    torch.manual_seed(seed)
+    with forge_harness.installed():
+        if spec.key.startswith("sd3"):  # A1111's SD3 MMDiT computes as MMDiTX without q/k norm
+            from backend.nn.mmditx import MMDiTX
+
+            width = 64 * spec.width_depth
+            model = MMDiTX(depth=spec.blocks, width_depth=spec.width_depth, adm_in_channels=2048,
+                           pos_embed_max_size=96, qk_norm=None if spec.key == "sd3" else "rms",
+                           context_embedder_config={"target": "torch.nn.Linear",
+                                                    "params": {"in_features": 4096, "out_features": width}})
+            y = torch.zeros(spec.rows, 2048)
+
+            def call(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> Any:
+                return model(x, t, y=y, context=context)
+
+            return model.eval().requires_grad_(False), lambda: MMDiTCapture(model), call
+        from backend.nn import flux as flux_module
+        from backend.nn.flux import IntegratedFluxTransformer2DModel
+
+        heads = max(1, spec.width_depth // 128)
+        model = IntegratedFluxTransformer2DModel(
+            in_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=spec.width_depth, mlp_ratio=4.0,
+            num_heads=heads, depth=spec.blocks, depth_single_blocks=3 * spec.blocks,
+            axes_dim=[16, 56, 56] if spec.width_depth == 3072 else [8, 28, 28], theta=10000, qkv_bias=True,
+            guidance_embed=True,
+        )
+        y, guidance = torch.zeros(spec.rows, 768), torch.full((spec.rows,), 3.5)
+
+        def call(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> Any:
+            return model(x, t, context=context, y=y, guidance=guidance)
+
+        return model.eval().requires_grad_(False), lambda: JointAttentionCapture(flux_module, root=model), call
+
+
+def dit_flops_share(spec: DitSpec, latent: int) -> float:
+    """The capture's FLOPs over the step's (matrix products only): per block and row, linear layers
+    24 * L * D^2 (qkv 3, projection 1, MLP 8 D^2 per token, 2 FLOPs each), attention 4 * L^2 * D; the
+    capture adds, on one row of ``rows`` and in the blocks it reads, 4 * I * L * D (image queries)."""
+    width = 64 * spec.width_depth if spec.key.startswith("sd3") else spec.width_depth
+    image = (latent // 2) ** 2
+    length = image + spec.text_tokens
+    block_row = 24 * length * width**2 + 4 * length**2 * width
+    return spec.read_share * 4 * image * length * width / (spec.rows * block_row)
+
+
+def time_dit(spec: DitSpec, latent: int, repeats: int) -> dict[str, float]:
+    """Median ms of the DeGu step's model call without and with the capture (interleaved rounds)."""
+    from lib_degu.attention import token_indicator
+
+    model, make_capture, call = _build_dit(spec)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(spec.rows, 16, latent, latent, generator=gen)
+    t = torch.full((spec.rows,), 0.5 if spec.key.startswith("flux") else 500.0)
+    context = torch.randn(spec.rows, spec.text_tokens, 4096, generator=gen)
+    weights = token_indicator([[4, 5]], spec.text_tokens)
+    jointly = not spec.key.startswith("sd3")
+
+    def plain() -> None:
+        with torch.no_grad():
+            call(x, t, context)
+
+    inside: list[float] = []  # seconds in the capture's own kernel runs, per captured call
+
+    def captured() -> None:
+        capture = make_capture()
+        measure = capture._measure
+
+        def timed(*args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            measure(*args, **kwargs)
+            inside[-1] += time.perf_counter() - start
+
+        capture._measure = timed
+        inside.append(0.0)
+        with torch.no_grad(), capture:
+            capture.begin_step([0], weights)
+            if jointly:
+                capture.call([(0, 0)], spec.text_tokens, (latent, latent), lambda: call(x, t, context))
+            else:
+                call(x, t, context)
+            if capture.take() is None:
+                raise BenchmarkError(f"{spec.label}: the capture read nothing")
+
+    times: dict[str, list[float]] = {"plain": [], "capture": []}
+    plain(), captured()  # warm-up
+    for round_ in range(repeats):
+        order = [("plain", plain), ("capture", captured)]
+        for key, fn in order if round_ % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    del model
+    gc.collect()
+    result = {key: statistics.median(values) * 1000 for key, values in times.items()}
+    result["inside"] = statistics.median(inside[1:]) * 1000  # after the warm-up
+    return result
+
+
+def _built(spec: DitSpec) -> str:
+    if spec.key.startswith("flux"):
+        return f"{spec.blocks} double + {3 * spec.blocks} single of {spec.full_blocks}"
+    return f"{spec.blocks} of {spec.full_blocks}"
+
+
+def report_dits(args: argparse.Namespace) -> None:
+    rows = []
+    for key in args.dits:
+        spec = DITS[key]
+        for latent in args.dit_sizes:
+            _log(f"DiT {spec.label} at {latent}x{latent}")
+            ms = time_dit(spec, latent, args.dit_repeats)
+            share = ms["inside"] / ms["plain"]
+            estimate = dit_flops_share(spec, 128)
+            rows.append([
+                spec.label, _built(spec), f"{latent}x{latent} ({latent * 8}px)",
+                str(spec.rows), f"{ms['plain']:.1f}", f"{ms['capture']:.1f}", f"{ms['inside']:.1f}",
+                f"{100 * share:.2f}%", f"{100 * dit_flops_share(spec, latent):.2f}%", f"{100 * estimate:.2f}%",
+                _verdict(max(share, estimate), 0.03),
+            ])
+    print("\n== DiT step: the DeGu step's one model call without and with the attention capture (CPU, float32) ==")
+    print("capture ms: the capture's own kernel runs timed inside the captured call; share = that / call ms.")
+    print("FLOP est.: matrix products of the capture over the step's, here and at 1024 px (128x128 latent).")
+    print_table(rows, ["model", "blocks built", "latent", "rows", "call ms", "with capture ms", "capture ms",
+                       "capture share", "FLOP est. here", "FLOP est. 1024px", "target <=3% (both)"])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lab.step_cost", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--models", default=None, help="comma list of sd15, sdxl, tiny (default sd15,sdxl)")
+    parser.add_argument("--models", default=None, help="comma list of sd15, sdxl, tiny (default sd15,sdxl; none)")
     parser.add_argument("--sizes", default=None, help="latent sizes, comma list (default 32,64)")
     parser.add_argument("--sdxl-size", type=int, default=32, help="the one latent size the SDXL-size UNet runs at")
     parser.add_argument("--batch", type=int, default=1)
@@ -1098,17 +1255,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--refresh-only", action="store_true",
                         help="only the context-refresh curve (whole generations); ratio= is then the defaults'")
     parser.add_argument("--no-refresh-curve", action="store_true", help="skip the context-refresh curve")
+    parser.add_argument("--dits", default=None, help="comma list of sd3, sd35, flux (default all; 'none' to skip)")
+    parser.add_argument("--dit-sizes", default=None, help="DiT latent sizes, comma list (default 32)")
+    parser.add_argument("--dit-repeats", type=int, default=None, help="timed rounds per DiT variant (default 5)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     quick = args.quick
-    args.models = (args.models or ("tiny" if quick else "sd15,sdxl")).split(",")
+    models = args.models or ("tiny" if quick else "sd15,sdxl")
+    args.models = [] if models == "none" else models.split(",")  # "none": the DiT rows only
     args.sizes = [int(s) for s in (args.sizes or ("8,16" if quick else "32,64")).split(",")]
     args.steps = args.steps or (2 if quick else 4)
     args.refresh_steps = args.refresh_steps or (6 if quick else 20)
     args.repeats = args.repeats or (1 if quick else 3)
     args.memory = args.memory or ("inprocess" if quick else "subprocess")
     args.threads = (1 if args.threads is None else args.threads) if args.device == "cpu" else 0
+    dits = args.dits or ("sd35-tiny,flux-tiny" if quick else "sd3,sd35,flux")
+    args.dits = [] if dits == "none" else dits.split(",")
+    args.dit_sizes = [int(s) for s in (args.dit_sizes or ("8" if quick else "32")).split(",")]
+    args.dit_repeats = args.dit_repeats or (1 if quick else 5)
+    for name in args.dits:
+        if name not in DITS:
+            parser.error(f"unknown DiT {name!r} (choose from {', '.join(DITS)})")
     for name in args.models:
         if name not in MODELS:
             parser.error(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
@@ -1174,10 +1342,12 @@ def main(argv: list[str] | None = None) -> int:
     print_method(args, device, dtype, revision)
     for note in notes:
         print(f"note: {note}")
-    ratio = report(cells, args, device)
+    ratio = report(cells, args, device) if args.models else None
+    if args.dits:
+        report_dits(args)
     if ratio is None:
         print("ratio=nan")
-        return 1
+        return 0 if not args.models else 1
     print(f"ratio={ratio:.3f}")
     return 0
 

@@ -250,12 +250,33 @@ class JointAttentionCapture(AttentionCapture):
     with values that are 1 at the subject's text keys (channel 0) and 0 elsewhere; its output at
     each image token is that token's attention mass on the subject. The module attribute is
     patched only inside ``call(...)``, one model call, and restored in ``finally``.
+
+    Given ``root`` (the DiT), only the chosen blocks of its ``double_blocks`` + ``single_blocks``
+    sequence are read, by default the middle quarter (``MMDIT_BLOCK_SPAN``; Flux's 19 + 38 blocks:
+    single blocks 2-16): reading all 57 would cost about 9 % of a Flux-dev step at 1024 px, a quarter
+    about 2.4 % (lab/step_cost.py, DiT rows). Which Flux blocks localise best was not measured here.
     """
 
-    def __init__(self, module: Any, *, attribute: str = "attention", patch_size: int = 2) -> None:
+    def __init__(
+        self,
+        module: Any,
+        *,
+        attribute: str = "attention",
+        patch_size: int = 2,
+        root: nn.Module | None = None,
+        blocks: Collection[int] | None = None,
+    ) -> None:
         super().__init__(nn.Module(), downsample_factors=None)
         self.module, self.attribute, self.patch_size = module, attribute, patch_size
         self._text_tokens = 0
+        # With ``root`` (the DiT), only the chosen blocks of its ``double_blocks`` then ``single_blocks``
+        # are read (default: the middle quarter, as on the MM-DiT); without it, every attention call.
+        self.read_blocks: list[nn.Module] = []
+        if root is not None:
+            sequence = [*getattr(root, "double_blocks", []), *getattr(root, "single_blocks", [])]
+            chosen = sorted(blocks) if blocks is not None else mmdit_blocks(len(sequence))
+            self.read_blocks = [sequence[i] for i in chosen if 0 <= i < len(sequence)]
+        self._reading = root is None
 
     def __enter__(self) -> JointAttentionCapture:
         return self
@@ -276,15 +297,29 @@ class JointAttentionCapture(AttentionCapture):
 
         def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             out = original(q, k, v, *args, **kwargs)
-            self._measure(original, q, k, v, args, kwargs)
+            if self._reading:
+                self._measure(original, q, k, v, args, kwargs)
             return out
 
+        handles = []
         setattr(self.module, self.attribute, attention)
         try:
+            for block in self.read_blocks:
+                handles.append(block.register_forward_pre_hook(self._enter_block))
+                handles.append(block.register_forward_hook(self._leave_block))
             return run()
         finally:
             setattr(self.module, self.attribute, original)
+            for handle in handles:
+                handle.remove()
+            self._reading = not self.read_blocks
             self._call = None
+
+    def _enter_block(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._reading = True
+
+    def _leave_block(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._reading = False
 
     @torch.no_grad()
     def _measure(self, kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: Any, kwargs: Any) -> None:
@@ -308,3 +343,151 @@ def _rows_of(value: Any, rows: torch.Tensor, batch: int) -> Any:
     if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch and batch > 1:
         return value.index_select(0, rows.to(value.device))
     return value
+
+
+# MM-DiT (SD3 in A1111, SD3.5 in Forge): the joint attention of the middle quarter of the joint blocks
+# (SD3/SD3.5-medium, depth 24: blocks 9-14; SD3.5-large, depth 38: blocks 14-23). The first blocks
+# still see mostly noise and position, the last ones refine texture and their text stream is
+# ``pre_only``; mid-depth blocks are where training-free editing and segmentation work on MM-DiTs
+# reads text-image attention. Not measured here (no trained MM-DiT can be downloaded). The span is also
+# the cost lever: the capture re-runs the attention of the blocks it reads for one row in three, so
+# its share of a step is about (attention's share of a block) x (blocks read) / 3; at 1024 px that is
+# 2.6 % for SD3-medium with a quarter of the blocks, 3.4 % with a third (lab/step_cost.py, DiT rows).
+MMDIT_BLOCK_SPAN = (3 / 8, 5 / 8)
+
+
+def mmdit_blocks(depth: int, span: tuple[float, float] = MMDIT_BLOCK_SPAN) -> list[int]:
+    """The joint blocks read at this depth: ``[depth*span[0], depth*span[1])`` rounded, at least one."""
+    first, stop = int(depth * span[0] + 0.5), int(depth * span[1] + 0.5)
+    if stop <= first:
+        first, stop = depth // 2, depth // 2 + 1
+    return list(range(first, min(stop, depth)))
+
+
+def find_mmdit(root: nn.Module | None) -> dict[str, Any] | None:
+    """The namespace whose global ``attention`` the MM-DiT's joint blocks call, or None.
+
+    SD3/SD3.5 (A1111 ``modules/models/sd3/mmdit.py``, Forge ``backend/nn/mmditx.py``): ``joint_blocks``
+    of blocks with a ``context_block`` and an ``x_block``, whose ``forward`` calls ``block_mixing``,
+    which looks up ``attention`` in the module's globals at call time (so patching that name reaches
+    every block, whatever module object the host loaded it as).
+    """
+    blocks = getattr(root, "joint_blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        return None
+    if not all(hasattr(block, "context_block") and hasattr(block, "x_block") for block in blocks):
+        return None
+    namespace = getattr(type(blocks[0]).forward, "__globals__", None)
+    if not isinstance(namespace, dict):
+        return None
+    if not callable(namespace.get("attention")) or not callable(namespace.get("block_mixing")):
+        return None
+    return namespace
+
+
+class MMDiTCapture(AttentionCapture):
+    """The subject map of an MM-DiT (SD3/SD3.5): per image token, the joint attention's mass on the
+    subject's text keys, averaged over heads and the chosen joint blocks.
+
+    Exact and cheap, without the attention matrix (the indicator-value trick of
+    ``JointAttentionCapture``): in each chosen block, the host's own ``attention(q, k, v, heads)`` runs
+    once more on the identity rows only, with the image tokens' queries only and values that are 1 at
+    the subject's text keys (channel 0 of every head) and 0 elsewhere; its output at each image token
+    is that token's attention mass on the subject. Only a block's first ``attention`` call is the joint
+    one (``block_mixing`` order); SD3.5-medium's MMDiT-X ``x_block.attn2`` self-attention (image keys
+    only) comes second and is never read.
+
+    Same protocol as ``AttentionCapture`` (``begin_step``/``arm_call``/``take``, a context manager):
+    while inside, a pre-hook on the root and hooks on the chosen blocks exist and the namespace's
+    ``attention`` is wrapped; every one of them is undone on exit, also after an exception.
+    """
+
+    def __init__(self, root: nn.Module, *, blocks: Collection[int] | None = None) -> None:
+        super().__init__(nn.Module(), downsample_factors=None)
+        namespace = find_mmdit(root)
+        if namespace is None:
+            raise ValueError(f"{type(root).__name__} is not an MM-DiT with joint blocks")
+        self.root, self.namespace = root, namespace
+        depth = len(root.joint_blocks)
+        self.blocks = sorted(blocks) if blocks is not None else mmdit_blocks(depth)
+        self.patch_size = int(getattr(root, "patch_size", 2))
+        self.registers = int(getattr(root, "register_length", 0) or 0)
+        self._live: list[bool] | None = None
+        self._original: Any = None
+        self._wrapper: Any = None
+        self._block_calls = -1  # calls of ``attention`` in the current chosen block; -1: outside one
+
+    def __enter__(self) -> MMDiTCapture:
+        try:
+            self._handles.append(self.root.register_forward_pre_hook(self._on_root_call, with_kwargs=True))
+            for index in self.blocks:
+                block = self.root.joint_blocks[index]
+                self._handles.append(block.register_forward_pre_hook(self._enter_block))
+                self._handles.append(block.register_forward_hook(self._leave_block))
+            self._patch_kernel()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        super().remove()
+        self._unpatch_kernel()
+        self._block_calls = -1
+
+    def _on_root_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._block_calls = -1
+        super()._on_root_call(module, args, kwargs)
+
+    def _enter_block(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._block_calls = 0
+
+    def _leave_block(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._block_calls = -1
+
+    # -- the kernel -----------------------------------------------------------------------------------
+    def _patch_kernel(self) -> None:
+        original = self.namespace["attention"]
+        live = [True]
+
+        def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            out = original(q, k, v, *args, **kwargs)
+            if live[0] and self._block_calls >= 0:
+                self._block_calls += 1
+                if self._block_calls == 1 and self._call is not None and self._weights is not None:
+                    self._measure(original, q, k, v, args, kwargs)
+            return out
+
+        self._original, self._wrapper, self._live = original, attention, live
+        self.namespace["attention"] = attention
+
+    def _unpatch_kernel(self) -> None:
+        if self._live is None:
+            return
+        self._live[0] = False  # if another patch wraps ours, ours now only passes calls through
+        if self.namespace.get("attention") is self._wrapper:
+            self.namespace["attention"] = self._original
+        self._live = self._original = self._wrapper = None
+
+    @torch.no_grad()
+    def _measure(self, kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: Any, kwargs: Any) -> None:
+        call, weights = self._call, self._weights
+        assert call is not None and weights is not None
+        heads = args[0] if args else kwargs.get("heads")
+        if not isinstance(heads, int) or len(args) > 1 or kwargs.get("mask") is not None:
+            return
+        height, width = call.latent_hw
+        image = math.ceil(height / self.patch_size) * math.ceil(width / self.patch_size)
+        length = q.shape[1]
+        text = length - image
+        if text <= self.registers or k.shape[1] != length or v.shape[1] != length:
+            return  # not a joint attention over text + this image's tokens
+        rows = call.local_rows.to(q.device)
+        head_dim = q.shape[-1] // heads
+        indicator = _fit_tokens(weights.index_select(0, call.images.to(weights.device)), text - self.registers)
+        values = torch.zeros_like(v.index_select(0, rows))
+        keys = values.view(len(rows), length, heads, head_dim)
+        keys[:, self.registers : text, :, 0] = indicator[:, :, None].to(values)
+        out = kernel(q.index_select(0, rows)[:, text:], k.index_select(0, rows), values, heads)
+        mass = out.float().reshape(len(rows), image, heads, head_dim)[..., 0].mean(dim=2)
+        self._fold(mass, self.patch_size)

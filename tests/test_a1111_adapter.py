@@ -507,9 +507,9 @@ def test_generic_longer_than_the_prompt_is_cut_with_a_message(host):
     assert torch.isfinite(processed.latents).all() and not torch.equal(processed.latents, plain)
 
 
-def test_sd3_clip_and_t5_layout_with_the_difference_mask_and_a_note():
-    """SD3 (MM-DiT: no cross-attention to read): dict conds whose crossattn holds the CLIP chunks
-    then as many T5 tokens; the attention request falls back to the difference mask and says so."""
+def test_sd3_clip_and_t5_layout_with_the_attention_mask():
+    """SD3 (MM-DiT: no cross-attention modules): dict conds whose crossattn holds the CLIP chunks then
+    as many T5 tokens; the attention mask is read from the joint attention (tests/test_mmdit_hosts.py)."""
     with harness.host_session(seed=0, arch="sd3") as model:
         plain = _assert_host_identities()
         assert plain.shape == (1, 16, 8, 8)
@@ -522,8 +522,8 @@ def test_sd3_clip_and_t5_layout_with_the_difference_mask_and_a_note():
         finally:
             handle.remove()
         assert calls and all(rows == 3 for rows in calls)
-        assert guided.p.extra_generation_params["DeGu mask used"] == "difference"
-        assert any("attention mask unavailable" in c and "SD3" in c for c in guided.p.comments)
+        assert guided.p.extra_generation_params["DeGu mask used"] == "attention"
+        assert not any("attention mask unavailable" in c for c in guided.p.comments)
         assert not torch.allclose(guided.latents, plain, atol=1e-3)
 
 

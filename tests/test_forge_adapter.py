@@ -416,9 +416,9 @@ def test_a_foreign_wrapper_that_does_not_chain_falls_back_to_a_separate_call(for
     assert capsys.readouterr().out.count("could not join the batch") == 1
 
 
-def test_sd35_clip_lg_and_t5_conds_with_the_difference_mask_and_a_note(forge):
+def test_sd35_clip_lg_and_t5_conds_with_the_attention_mask(forge):
     """SD3.5: dict conds (CLIP-L/G tokens then T5 tokens in one crossattn, pooled L+G vector), an MM-DiT
-    whose attention DeGu cannot read: the difference mask runs and the user is told."""
+    whose joint attention gives the mask (tests/test_mmdit_hosts.py)."""
     plain, _ = _run(forge, kind="sd35")
     assert torch.equal(_run(forge, kind="sd35", degu={**ON, "enabled": False})[0], plain)
     assert torch.allclose(_run(forge, kind="sd35", degu=FULL)[0], plain, atol=1e-5)
@@ -434,8 +434,8 @@ def test_sd35_clip_lg_and_t5_conds_with_the_difference_mask_and_a_note(forge):
     )
     out, processed = _run(forge, degu={**ON, "context_scale": 2.0}, host=host, batch_size=2)
     assert rows and all(r == 6 for r in rows)
-    assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
-    assert any("cannot be read" in c and "SD3.5" in c for c in processed.p.comments)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "attention"
+    assert not any("attention mask unavailable" in c for c in processed.p.comments)
     assert not torch.allclose(out[0], plain[0], atol=1e-3)  # image 1 has the same seed as the single run
 
 

@@ -22,3 +22,4 @@ def test_quick_run_ends_with_a_parseable_ratio_line():
     assert float(match.group(1)) > 0
     assert "attention mask" in text and "no-uncond" in text and "window 0–50%" in text
     assert "context refresh every 3 (default)" in text and "generic rows skipped" in text
+    assert "DiT step" in text and "tiny SD3.5" in text and "tiny Flux" in text

@@ -22,13 +22,14 @@ from modules.sd_samplers_cfg_denoiser import catenate_conds
 from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
 
 from lib_degu import guidance
-from lib_degu.attention import AttentionCapture, find_cross_attention, token_indicator
+from lib_degu.attention import AttentionCapture, MMDiTCapture, find_cross_attention, find_mmdit, token_indicator
 from lib_degu.hosts.common import (
     Generation,
     GenericRows,
     and_parts,
     generic_conds,
     plan_prompts,
+    sd3_subject_keys,
     subject_positions,
 )
 from lib_degu.plan import ImagePlan, check_settings
@@ -97,6 +98,29 @@ def _tokenize_line(model: Any) -> Any:
     return None
 
 
+def _sd3_t5_tokenizer(model: Any) -> Any:
+    """SD3's T5 ``tokenize_line`` as (chunks, count), or None unless T5 runs (``SD3Cond``: zeros when
+    the model was loaded without T5 or ``sd3_enable_t5`` is off, A1111's default)."""
+    model_t5 = getattr(getattr(model, "cond_stage_model", None), "model_t5", None)
+    if getattr(model_t5, "t5xxl", None) is None or not getattr(shared.opts, "sd3_enable_t5", False):
+        return None
+
+    def tokenize_line(line: str) -> tuple[list[Any], int]:
+        tokens, _ = model_t5.tokenize_line(line)
+        return [types.SimpleNamespace(tokens=tokens, fixes=[])], len(tokens)
+
+    return tokenize_line
+
+
+def _subject_keys(model: Any, text: str, generic: str, subject: str) -> list[int]:
+    tokenize_line = _tokenize_line(model)
+    if tokenize_line is None:
+        return []
+    if hasattr(getattr(model, "cond_stage_model", None), "model_t5"):  # SD3: CLIP chunks, then T5 tokens
+        return sd3_subject_keys(tokenize_line, _sd3_t5_tokenizer(model), text, generic, subject, t5_cut_to_clip=True)
+    return subject_positions(tokenize_line, text, generic, subject)
+
+
 def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     """Plan the pass, compute generic conds and positions, patch this pass's sampler."""
     settings = generation.settings
@@ -118,15 +142,12 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
                 generic_rows[image, part_index] = len(generic_texts)
                 generic_texts.append(part.generic)
 
-    tokenize_line = _tokenize_line(shared.sd_model)
     identity_rows, positions = [], []
     for image in active:
         first = plans[image].first_subject_part
         identity_rows.append(cond_rows[image][first])
         part = plans[image].parts[first]
-        positions.append(
-            subject_positions(tokenize_line, part.text, part.generic or "", settings.subject) if tokenize_line else []
-        )
+        positions.append(_subject_keys(shared.sd_model, part.text, part.generic or "", settings.subject))
 
     state = Pass(
         p=p,
@@ -163,17 +184,19 @@ def _make_capture(p: Any, generation: Generation, positions: list[list[int]]) ->
     from modules import sd_unet
 
     unet = getattr(getattr(shared.sd_model, "model", None), "diffusion_model", None)
+    cross_attention = unet is not None and bool(find_cross_attention(unet))
+    mmdit = not cross_attention and find_mmdit(unet) is not None  # SD3: its joint attention
     reason = None
     if getattr(sd_unet, "current_unet", None) is not None:
         reason = "a custom UNet (e.g. TensorRT) is active"
-    elif unet is None or not find_cross_attention(unet):
-        reason = "this model has no cross-attention layers DeGu can read (e.g. SD3)"
+    elif not cross_attention and not mmdit:
+        reason = "this model has no attention layers DeGu can read"
     elif not all(positions):
         reason = "the subject's tokens could not be located"
     if reason:
         generation.note(p, f"DeGu: attention mask unavailable ({reason}); using the difference mask.")
         return None
-    return AttentionCapture(unet)
+    return MMDiTCapture(unet) if mmdit else AttentionCapture(unet)
 
 
 # -- patches on this pass's sampler --------------------------------------------------------------

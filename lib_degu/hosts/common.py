@@ -110,6 +110,34 @@ def subject_positions(
     return sorted(positions)
 
 
+def sd3_subject_keys(
+    clip_tokenize_line: Callable[[str], tuple[Sequence[Any], int]],
+    t5_tokenize_line: Callable[[str], tuple[Sequence[Any], int]] | None,
+    text: str,
+    generic: str,
+    subject: str,
+    *,
+    t5_cut_to_clip: bool,
+) -> list[int]:
+    """Subject key positions in SD3/SD3.5's context: the CLIP-L/G chunks (77 keys each, L and G side
+    by side in one key), then the T5 tokens (no BOS) from ``77 * chunks`` on.
+
+    Both encoders' subject keys count, their masses summed: in the joint softmax an image token's
+    attention to the subject is split between its CLIP and its T5 keys in proportions that vary with
+    the block and the model, and only the sum is the mass on the subject whatever that split. Pass
+    ``t5_tokenize_line=None`` when T5 is off (the default in both hosts): the T5 part is then zeros,
+    every T5 key is the context embedder's bias, identical to the others, and its attention mass says
+    where the image looks at padding, not at the subject. ``t5_cut_to_clip``: A1111 cuts the T5 part
+    to the CLIP part's length.
+    """
+    positions = subject_positions(clip_tokenize_line, text, generic, subject)
+    if t5_tokenize_line is None:
+        return positions
+    clip_length = 77 * len(clip_tokenize_line(text)[0])
+    t5 = subject_positions(t5_tokenize_line, text, generic, subject, chunk_length=None)
+    return positions + [clip_length + p for p in t5 if not t5_cut_to_clip or p < clip_length]
+
+
 def and_parts(prompt_parser: Any, prompt: str) -> list[tuple[str, float]]:
     """The host's own AND split: (text, weight) per part, in the order of the cond rows."""
     indexes, flat, _ = prompt_parser.get_multicond_prompt_list([prompt])

@@ -6,7 +6,8 @@ A1111 adapter applies. Per pass, on a clone of the pass's UnetPatcher (Forge dro
   its text conditioning replaced, so ControlNet, inpaint ``c_concat`` and Flux ``guidance`` stay)
   and tags every entry's rows with their stream (a CPU tensor: reading it never syncs the GPU);
 - a model-function wrapper, chained around any previous one, keeps the generic rows' output and,
-  for the attention mask, hooks ``attn2.to_q/to_k`` only for the duration of that one call;
+  for the attention mask, hooks ``attn2.to_q/to_k`` (UNets), Flux's ``attention`` or SD3.5's MM-DiT
+  ``attention`` only for the duration of that one call;
 - the first post-CFG function returns ``denoised + (DeGu - plain CFG)``, so a cfg function
   (dynamic thresholding) and later post-CFG functions (PAG, SAG) still apply.
 """
@@ -23,13 +24,21 @@ from backend.sampling import sampling_function as forge_sampling
 from backend.sampling.condition import Condition, ConditionCrossAttn, repeat_to_batch_size
 from modules import prompt_parser, sd_samplers, shared
 
-from lib_degu.attention import AttentionCapture, JointAttentionCapture, find_cross_attention, token_indicator
+from lib_degu.attention import (
+    AttentionCapture,
+    JointAttentionCapture,
+    MMDiTCapture,
+    find_cross_attention,
+    find_mmdit,
+    token_indicator,
+)
 from lib_degu.hosts.common import (
     Generation,
     GenericRows,
     and_parts,
     generic_conds,
     plan_prompts,
+    sd3_subject_keys,
     subject_positions,
 )
 from lib_degu.plan import ImagePlan, check_settings
@@ -88,11 +97,25 @@ def start_generation(p: Any, settings: DeGuSettings) -> Generation | None:
     return generation
 
 
+def _subject_keys(model: Any, text: str, generic: str, subject: str) -> list[int]:
+    """The subject's key positions in the model's text conditioning ([] if they cannot be found)."""
+    if hasattr(model, "text_processing_engine_g") and hasattr(model, "text_processing_engine_t5"):
+        # SD3.5: CLIP-L/G chunks of 77, then the T5 tokens (zeros unless ``sd3_enable_t5``, off by default)
+        clip = getattr(model.text_processing_engine_l, "tokenize_line", None)
+        t5_on = getattr(shared.opts, "sd3_enable_t5", False)
+        t5 = _line_tokenizer(model.text_processing_engine_t5) if t5_on else None
+        if clip is None:
+            return []
+        return sd3_subject_keys(clip, t5, text, generic, subject, t5_cut_to_clip=False)
+    keys = _text_keys(model)
+    return subject_positions(keys[0], text, generic, subject, keys[1]) if keys else []
+
+
 def _text_keys(model: Any) -> tuple[Any, int | None] | None:
     """The tokenizer whose tokens are the model's text keys, and its chunk length.
 
     SD1/SD2/SDXL: CLIP chunks of 77 (SDXL's L and G align). Flux, Chroma: T5 only (no BOS, one padded
-    chunk). SD3.5 (CLIP-L/G then T5, joined) is left to the difference mask.
+    chunk). SD3.5 (CLIP-L/G then T5, joined): ``_subject_keys``.
     """
     if hasattr(model, "text_processing_engine_t5"):
         if hasattr(model, "text_processing_engine_g"):
@@ -144,12 +167,8 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     # Every image needs a row in the generic entry; images without the subject repeat their prompt
     # (their difference is never applied).
     texts = [plan.parts[0].generic if plan.active else plan.parts[0].text for plan in plans]
-    keys = _text_keys(shared.sd_model)
     positions = [
-        subject_positions(keys[0], plans[i].parts[0].text, texts[i], generation.settings.subject, keys[1])
-        if keys
-        else []
-        for i in active
+        _subject_keys(shared.sd_model, plans[i].parts[0].text, texts[i], generation.settings.subject) for i in active
     ]
     state = Pass(
         p=p,
@@ -183,21 +202,22 @@ def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[lis
     diffusion_model = getattr(unet.model, "diffusion_model", None)
     flux = _flux_module(diffusion_model)
     cross_attention = diffusion_model is not None and bool(find_cross_attention(diffusion_model))
-    if not cross_attention and flux is None:
+    mmdit = not cross_attention and flux is None and find_mmdit(diffusion_model) is not None  # SD3.5
+    if not cross_attention and flux is None and not mmdit:
         reason = f"this model's attention cannot be read ({_model_name(diffusion_model)})"
     elif not all(positions):
         reason = "the subject's tokens could not be located"
     elif cross_attention:
         return AttentionCapture(diffusion_model)
-    else:
-        return JointAttentionCapture(flux)
+    elif mmdit:
+        return MMDiTCapture(diffusion_model)
+    else:  # Flux, Chroma: the middle quarter of the double-then-single block sequence
+        return JointAttentionCapture(flux, root=diffusion_model)
     generation.note(p, f"DeGu: attention mask unavailable ({reason}); using the difference mask.")
     return None
 
 
 def _model_name(diffusion_model: Any) -> str:
-    if hasattr(shared.sd_model, "text_processing_engine_g") and hasattr(shared.sd_model, "text_processing_engine_t5"):
-        return "SD3.5's MM-DiT"
     return type(diffusion_model).__name__
 
 

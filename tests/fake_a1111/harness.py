@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from tests.fake_a1111 import install, installed, is_installed, uninstall  # noqa: F401  (re-exported)
-from tests.tiny_models import CONTEXT_DIM, tiny_mmdit, tiny_unet
+from tests.tiny_models import CONTEXT_DIM, tiny_sd3_mmdit, tiny_unet
 
 with installed():
     from modules import errors, extra_networks, prompt_parser, script_callbacks, sd_hijack, sd_samplers, shared
@@ -262,11 +262,13 @@ class FakeSdxlModel(FakeSdModel):
 
 class FakeSd3T5(torch.nn.Module):
     """mirrors modules/models/sd3/sd3_cond.py: Sd3T5 (1.10.1): no BOS, the prompt's tokens then EOS,
-    padded (or cut) to ``token_count`` = the CLIP part's length; a seeded embedding stands in for T5."""
+    padded (or cut) to ``token_count`` = the CLIP part's length; a seeded embedding stands in for T5.
+    Zeros unless ``opts.sd3_enable_t5`` (off by default, as in the real host)."""
 
     def __init__(self, seed: int, dim: int) -> None:
         super().__init__()
         self.words = FakeClipEmbedder(seed + 200, dim)  # only its tokenizer and embedding table
+        self.t5xxl = self.words  # the real one is None when the model was loaded with T5 off
         self.id_end, self.id_pad = 1, 0
 
     def tokenize_line(self, line: str, *, target_token_count: int | None = None) -> tuple[list[int], list[float]]:
@@ -277,6 +279,8 @@ class FakeSd3T5(torch.nn.Module):
         return tokens, [1.0] * len(tokens)
 
     def forward(self, texts: list[str], *, token_count: int) -> torch.Tensor:
+        if not self.t5xxl or not shared.opts.sd3_enable_t5:
+            return torch.zeros((len(texts), token_count, self.words.token_embedding.embedding_dim))
         tokens = torch.asarray([self.tokenize_line(text, target_token_count=token_count)[0] for text in texts])
         return self.words.token_embedding(tokens)
 
@@ -1069,7 +1073,7 @@ def make_sdxl_host(seed: int = 0, inpainting: bool = False) -> FakeSdxlModel:
 def make_sd3_host(seed: int = 0) -> FakeSd3Model:
     """Like ``make_host`` with the SD3-shaped model (MM-DiT, CLIP + T5 tokens); no embeddings."""
     return _install_model(
-        lambda: FakeSd3Model(tiny_mmdit(seed).requires_grad_(False), seed, name=f"fake-sd3-{seed}"), seed, {}
+        lambda: FakeSd3Model(tiny_sd3_mmdit(seed).requires_grad_(False), seed, name=f"fake-sd3-{seed}"), seed, {}
     )
 
 

@@ -192,7 +192,7 @@ class Host:
         """A txt2img ``p`` with small defaults (64x64 px = 8x8 latent, 3 Euler steps, seed 0)."""
         if self.kind == "flux":
             kwargs = {"cfg_scale": 1.0, "scheduler": "Simple", **kwargs}
-        elif self.kind == "sd35":
+        elif self.kind.startswith("sd35"):
             kwargs = {"scheduler": "Simple", **kwargs}
         return make_processing(**kwargs)
 
@@ -227,7 +227,8 @@ def make_host(kind: str = "sd15", seed: int = 0, inpainting: bool = False, dtype
     """Build a tiny ``sd_model`` ("sd15": diffusers tiny UNet + CLIP-like engine; "sdxl": the same UNet
     with a projected class embedding for ``y`` + CLIP-L/G-like engines, dict conds; with ``inpainting``
     either gets a 9-channel inpainting UNet; "flux": tiny Flux DiT + CLIP-L/T5-like engines, distilled
-    guidance; "sd35": tiny MM-DiT + CLIP-L/G and T5-like engines) and install it as ``shared.sd_model``.
+    guidance; "sd35" / "sd35-large": tiny SD3.5-medium / -large MMDiT-X (``backend/nn/mmditx.py``) + CLIP-L/G
+    and T5-like engines) and install it as ``shared.sd_model``.
 
     ``dtype`` (e.g. torch.bfloat16): the diffusion model's storage and computation dtype, as Forge's
     loader sets them on a GPU (backend/loader.py); ``KModel.apply_model`` casts the inputs to it and
@@ -320,12 +321,14 @@ def _build_model(kind: str, seed: int, inpainting: bool, dtype: torch.dtype) -> 
         }
         config = SimpleNamespace(huggingface_repo="black-forest-labs/FLUX.1-dev", inpaint_model=lambda: False)
         sd_model = Flux(config, components)
-    elif kind == "sd35":
+    elif kind in ("sd35", "sd35-large"):
         from backend.diffusion_engine.sd35 import StableDiffusion3
+
+        variant = "large" if kind == "sd35-large" else "medium"
 
         components = {
             "transformer": invariant(
-                _sibling("tiny_models").tiny_mmdit(seed, in_channels=16, context_dim=32, pooled_dim=32)
+                _sibling("tiny_models").tiny_sd35_mmditx(seed, variant=variant, context_dim=32, pooled_dim=32)
             ),
             "text_encoder": invariant(tiny_text.TinyCLIPTextModel(width=16, seed=seed + 1)),
             "tokenizer": tiny_text.FakeCLIPTokenizer(),
@@ -335,11 +338,11 @@ def _build_model(kind: str, seed: int, inpainting: bool, dtype: torch.dtype) -> 
             "tokenizer_3": tiny_text.FakeT5Tokenizer(),
         }
         config = SimpleNamespace(
-            huggingface_repo="stabilityai/stable-diffusion-3.5-medium", inpaint_model=lambda: False
+            huggingface_repo=f"stabilityai/stable-diffusion-3.5-{variant}", inpaint_model=lambda: False
         )
         sd_model = StableDiffusion3(config, components)
     else:
-        raise ValueError(f"unknown host kind {kind!r} (sd15, sdxl, flux or sd35)")
+        raise ValueError(f"unknown host kind {kind!r} (sd15, sdxl, flux, sd35 or sd35-large)")
 
     k_model = sd_model.forge_objects.unet.model
     k_model.diffusion_model.to(dtype)

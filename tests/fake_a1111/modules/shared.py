@@ -33,6 +33,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "hires_fix_refiner_pass": "second pass",
     "sdxl_refiner_low_aesthetic_score": 2.5,
     "sdxl_refiner_high_aesthetic_score": 6.0,
+    "sd3_enable_t5": False,
 }
 
 

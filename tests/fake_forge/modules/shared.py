@@ -26,7 +26,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "use_old_scheduling": False,
     "persistent_cond_cache": True,
     "emphasis": "Original",
-    "sd3_enable_t5": True,
+    "sd3_enable_t5": False,
     "sdxl_crop_left": 0,
     "sdxl_crop_top": 0,
     "fp8_storage": "Disable",
