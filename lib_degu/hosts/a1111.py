@@ -46,7 +46,7 @@ class StepPlan:
     cond_rows: int
     sigma0: float | torch.Tensor
     with_context: bool  # the generic rows are in this call's batch (else DeGu reuses their difference)
-    sigma: torch.Tensor | None  # per prompt row, the noise level; None when the rows are noise predictions
+    sigma: torch.Tensor | None  # per guided image, the noise level; None when the rows are noise predictions
 
 
 @dataclass
@@ -70,6 +70,7 @@ class Pass:
     indicator: torch.Tensor | None = None
     indicator_key: tuple[int, str] | None = None
     generic_source_rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    identity_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # of identity_rows
     # Instance attributes our patches replaced (a foreign extension's patch), restored on unpatch.
     replaced: dict[str, Any] = field(default_factory=dict)
 
@@ -166,6 +167,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     for (image, part), index in generic_rows.items():
         source_rows[index] = cond_rows[image][part]
     state.generic_source_rows = torch.tensor(source_rows, dtype=torch.long)  # moved to the device once per step
+    state.identity_index = torch.tensor(identity_rows, dtype=torch.long)  # moved to the device on first use
     if settings.mask_source == "attention":
         state.capture = _make_capture(p, generation, positions)
     generation.remember(p, active, state.guide)
@@ -305,7 +307,10 @@ def _insert_generic_rows(params: Any, state: Pass) -> None:
     key = (tuple(params.x.shape), state.generic.entries_at(denoiser.step))
     with_context = state.guide.needs_context(key, has_uncond=not _uncond_skipped(denoiser, sigma0))
     # The timestep samplers (DDIM, PLMS, UniPC) guide noise predictions and pass timesteps, not sigmas.
-    sigma = None if isinstance(denoiser, CFGDenoiserTimesteps) else params.sigma[:cond_rows]
+    sigma = None
+    if not isinstance(denoiser, CFGDenoiserTimesteps):
+        state.identity_index = state.identity_index.to(params.sigma.device)
+        sigma = params.sigma.index_select(0, state.identity_index)  # per guided image
     tokens = (text_cond["crossattn"] if isinstance(text_cond, dict) else text_cond).shape[1]
     if with_context:
         generic = _fit_tokens(state.generic.at(denoiser.step), text_cond, state)
@@ -374,10 +379,7 @@ def _add_degu(denoiser: Any, state: Pass, denoised: Any, x_out: torch.Tensor, un
         # With uncond skipped the host's result is the prompt alone: the no-uncond formula applies.
         u = None if skipped else torch.stack(uncond_rows)
         attention = state.capture.take() if state.capture is not None else None
-        sigma = None
-        if plan.sigma is not None:
-            sigma = plan.sigma.index_select(0, torch.tensor(state.identity_rows, device=plan.sigma.device))
-        delta = state.guide.delta(u, s, g, cfg_scale=cond_scale, attention=attention, sigma=sigma)
+        delta = state.guide.delta(u, s, g, cfg_scale=cond_scale, attention=attention, sigma=plan.sigma)
         index = torch.tensor(state.active_images, device=denoised.device)
         return denoised.index_add(0, index, delta.to(denoised.dtype))
     except Exception as error:

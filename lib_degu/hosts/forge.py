@@ -61,7 +61,7 @@ class RoleTag(Condition):
 class StepState:
     cond_scale: float
     uncond_runs: bool
-    generic_entry: dict
+    generic_entry: dict | None  # None on calls that reuse the context (the generic prompt does not run)
     sigma: torch.Tensor  # per image of the batch (Forge's samplers all pass k-diffusion sigmas)
     with_context: bool = True  # the generic prompt runs at this call (else DeGu reuses its difference)
     generic: torch.Tensor | None = None
@@ -254,13 +254,12 @@ def _install(unet: Any, state: Pass) -> None:
                 return model, x, timestep, uncond, cond, cond_scale, model_options, seed
             if len(cond) != 1:
                 return model, x, timestep, uncond, cond, cond_scale, model_options, seed
-            generic = state.generic.at(denoiser.step)
             batch = x.shape[0]
-            generic_entry = _generic_entry(cond[0], generic)
             cfg1 = math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False)
             uncond_runs = uncond is not None and not cfg1
             key = (tuple(x.shape), state.generic.entries_at(denoiser.step))
             with_context = state.guide.needs_context(key, has_uncond=uncond_runs)
+            generic_entry = _generic_entry(cond[0], state.generic.at(denoiser.step)) if with_context else None
             state.step = StepState(cond_scale, uncond_runs, generic_entry, timestep, with_context)
             coupled_by = _batch_coupling(model_options)
             if coupled_by:
