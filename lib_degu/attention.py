@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -235,45 +235,106 @@ class AttentionCapture:
 
 
 def _fit_tokens(weights: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Trim or zero-pad the indicator to the keys this layer sees."""
-    if weights.shape[1] >= tokens:
+    """The indicator over the keys this layer sees: trimmed, tiled or zero-padded.
+
+    Built as wide as the identity prompt's own conditioning, it is tiled when the layer sees a whole
+    multiple of that: Forge batches conds of different lengths by repeating each to their least common
+    multiple, so every copy of the subject's keys draws attention and the mass is their sum.
+    """
+    width = weights.shape[1]
+    if width >= tokens:
         return weights[:, :tokens]
-    return torch.nn.functional.pad(weights, (0, tokens - weights.shape[1]))
+    if width and tokens % width == 0:
+        return weights.repeat(1, tokens // width)
+    return torch.nn.functional.pad(weights, (0, tokens - width))
+
+
+@dataclass(frozen=True)
+class JointLayout:
+    """How a text-first joint-attention DiT calls its module-level attention kernel."""
+
+    attribute: str = "attention"  # the kernel's name in the blocks' module
+    heads_first: bool = True  # q/k/v (B, heads, L, D); False: (B, L, heads*D), ``heads`` passed first
+    rope_in_kernel: bool = True  # the kernel rotates q/k itself (Flux's ``attention(q, k, v, pe)``)
+    text_multiple: int = 1  # the network pads the text tokens to a multiple of this before the image's
+
+
+# Flux and Chroma (backend/nn/flux.py): ``attention(q, k, v, pe)``, rope inside, all blocks joint.
+FLUX_LAYOUT = JointLayout()
+# Qwen-Image (Forge Neo backend/nn/qwen.py @ 2d0ed1fe): rope applied before the kernel, q/k/v flattened,
+# ``attention_function(q, k, v, heads, mask)``; reference latents (-Edit) come after the image's tokens.
+QWEN_IMAGE_LAYOUT = JointLayout("attention_function", heads_first=False, rope_in_kernel=False)
+# NextDiT, Lumina 2 and Z-Image (Neo backend/nn/lumina.py @ e75b2422): ``attention_function(q, k, v, heads,
+# mask, skip_reshape=True, ...)`` with q/k/v (B, heads, L, D); text and image padded to a multiple.
+NEXT_DIT_LAYOUT = JointLayout("attention_function", rope_in_kernel=False)
+
+
+def joint_blocks(root: nn.Module) -> list[nn.Module]:
+    """The joint-attention blocks in order: Flux's double then single blocks, Qwen-Image's
+    ``transformer_blocks``, NextDiT's ``layers`` (never its text-only / image-only refiners)."""
+    names = ("double_blocks", "single_blocks", "transformer_blocks", "layers")
+    return [block for name in names for block in getattr(root, name, None) or []]
+
+
+def find_joint_dit(root: nn.Module | None) -> tuple[dict[str, Any], JointLayout] | None:
+    """The namespace whose kernel a Qwen-Image or NextDiT (Lumina 2, Z-Image) network calls, and its
+    layout; None for any other network. Recognised by structure, as ``find_mmdit``: the kernel is
+    looked up in the attention module's globals at call time, so patching the name there reaches it.
+    """
+    blocks = getattr(root, "transformer_blocks", None)
+    if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+        if all(hasattr(getattr(b, "attn", None), "add_k_proj") for b in blocks):
+            namespace = getattr(type(blocks[0].attn).forward, "__globals__", None)
+            if isinstance(namespace, dict) and callable(namespace.get("attention_function")):
+                return namespace, QWEN_IMAGE_LAYOUT
+    layers = getattr(root, "layers", None)
+    if isinstance(layers, nn.ModuleList) and len(layers) > 0 and hasattr(root, "context_refiner"):
+        if all(hasattr(getattr(b, "attention", None), "qkv") for b in layers):
+            namespace = getattr(type(layers[0].attention).forward, "__globals__", None)
+            if isinstance(namespace, dict) and callable(namespace.get("attention_function")):
+                multiple = int(getattr(root, "pad_tokens_multiple", None) or 1)
+                return namespace, replace(NEXT_DIT_LAYOUT, text_multiple=multiple)
+    return None
 
 
 class JointAttentionCapture(AttentionCapture):
-    """The same map for joint-attention DiTs (Flux) whose blocks call a module-level
-    ``attention(q, k, v, pe=...)`` with q/k/v (B, heads, L, D), text tokens first, then the image's
-    2x2 patches (row-major).
+    """The same map for text-first joint-attention DiTs (Flux, Chroma, Qwen-Image, Lumina 2, Z-Image)
+    whose blocks call a module-level kernel on text tokens then the image's patches (row-major); what
+    differs between them is in ``JointLayout``.
 
     Exact and cheap, without the attention matrix: the kernel runs once more on the subject rows
-    with values that are 1 at the subject's text keys (channel 0) and 0 elsewhere; its output at
-    each image token is that token's attention mass on the subject. The module attribute is
-    patched only inside ``call(...)``, one model call, and restored in ``finally``.
+    with values that are 1 at the subject's text keys (channel 0 of every head) and 0 elsewhere; its
+    output at each image token is that token's attention mass on the subject. Where the rope is
+    applied before the kernel, only the image's queries run. Tokens after the image's (Kontext and
+    Qwen-Image-Edit reference latents, NextDiT's padding) are keys like any other and are not folded.
+    The kernel is patched only inside ``call(...)``, one model call, and restored in ``finally``.
 
-    Given ``root`` (the DiT), only the chosen blocks of its ``double_blocks`` + ``single_blocks``
-    sequence are read, by default the middle quarter (``MMDIT_BLOCK_SPAN``; Flux's 19 + 38 blocks:
-    single blocks 2-16): reading all 57 would cost about 9 % of a Flux-dev step at 1024 px, a quarter
-    about 2.4 % (lab/step_cost.py, DiT rows). Which Flux blocks localise best was not measured here.
+    Given ``root`` (the DiT), only the chosen blocks of ``joint_blocks(root)`` are read, by default the
+    middle quarter (``MMDIT_BLOCK_SPAN``; Flux's 19 + 38 blocks: single blocks 2-16): reading all 57
+    would cost about 9 % of a Flux-dev step at 1024 px, a quarter about 2.4 % (lab/step_cost.py, DiT
+    rows). Which blocks localise best was not measured on any of these families (no weights here).
     """
 
     def __init__(
         self,
         module: Any,
         *,
-        attribute: str = "attention",
+        attribute: str | None = None,
         patch_size: int = 2,
         root: nn.Module | None = None,
         blocks: Collection[int] | None = None,
+        layout: JointLayout = FLUX_LAYOUT,
     ) -> None:
         super().__init__(nn.Module(), downsample_factors=None)
-        self.module, self.attribute, self.patch_size = module, attribute, patch_size
+        if attribute is not None:
+            layout = replace(layout, attribute=attribute)
+        self.layout, self.patch_size = layout, patch_size
+        self.namespace: dict[str, Any] = module if isinstance(module, dict) else vars(module)
         self._text_tokens = 0
-        # With ``root`` (the DiT), only the chosen blocks of its ``double_blocks`` then ``single_blocks``
-        # are read (default: the middle quarter, as on the MM-DiT); without it, every attention call.
+        # With ``root`` (the DiT), only the chosen joint blocks are read; without it, every attention call.
         self.read_blocks: list[nn.Module] = []
         if root is not None:
-            sequence = [*getattr(root, "double_blocks", []), *getattr(root, "single_blocks", [])]
+            sequence = joint_blocks(root)
             chosen = sorted(blocks) if blocks is not None else mmdit_blocks(len(sequence))
             self.read_blocks = [sequence[i] for i in chosen if 0 <= i < len(sequence)]
         self._reading = root is None
@@ -282,7 +343,8 @@ class JointAttentionCapture(AttentionCapture):
         return self
 
     def call(self, pairs: Sequence[tuple[int, int]], text_tokens: int, latent_hw: tuple[int, int], run: Any) -> Any:
-        """Run ``run()`` (one model call) with the kernel wrapped for the given (row, image) pairs."""
+        """Run ``run()`` (one model call) with the kernel wrapped for the given (row, image) pairs;
+        ``text_tokens`` is the length of this call's text conditioning."""
         if self._weights is None or not pairs:
             return run()
         device = self._weights.device
@@ -293,7 +355,8 @@ class JointAttentionCapture(AttentionCapture):
             latent_hw=latent_hw,
         )
         self._text_tokens = text_tokens
-        original = getattr(self.module, self.attribute)
+        name = self.layout.attribute
+        original = self.namespace[name]
 
         def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             out = original(q, k, v, *args, **kwargs)
@@ -302,14 +365,14 @@ class JointAttentionCapture(AttentionCapture):
             return out
 
         handles = []
-        setattr(self.module, self.attribute, attention)
+        self.namespace[name] = attention
         try:
             for block in self.read_blocks:
                 handles.append(block.register_forward_pre_hook(self._enter_block))
                 handles.append(block.register_forward_hook(self._leave_block))
             return run()
         finally:
-            setattr(self.module, self.attribute, original)
+            self.namespace[name] = original
             for handle in handles:
                 handle.remove()
             self._reading = not self.read_blocks
@@ -323,19 +386,41 @@ class JointAttentionCapture(AttentionCapture):
 
     @torch.no_grad()
     def _measure(self, kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: Any, kwargs: Any) -> None:
-        call, weights = self._call, self._weights
+        call, weights, layout = self._call, self._weights, self.layout
         assert call is not None and weights is not None
+        sequence_dim = 2 if layout.heads_first else 1
+        length = q.shape[sequence_dim]
+        mask = kwargs.get("mask", args[1] if len(args) > 1 else None)
+        if torch.is_tensor(mask) or k.shape[sequence_dim] != length or v.shape[sequence_dim] != length:
+            return  # a masked or cross attention: not the joint one this map is defined on
+        heads = q.shape[1] if layout.heads_first else (args[0] if args else kwargs.get("heads"))
+        if not isinstance(heads, int):
+            return
+        height, width = call.latent_hw
+        image = math.ceil(height / self.patch_size) * math.ceil(width / self.patch_size)
+        text_keys = self._text_tokens
+        text = text_keys + (-text_keys) % layout.text_multiple
+        if length < text + image:
+            return  # not text + this image's tokens (a refiner over text or image alone)
         rows = call.local_rows.to(q.device)
-        text = self._text_tokens
-        batch, heads, length, _ = q.shape
+        batch = q.shape[0]
+        indicator = _fit_tokens(weights.index_select(0, call.images.to(weights.device)), text_keys)
+        indicator = torch.nn.functional.pad(indicator, (0, text - text_keys)).to(v)  # pad keys: not the subject
         values = torch.zeros_like(v.index_select(0, rows))
-        indicator = _fit_tokens(weights.index_select(0, call.images.to(weights.device)), text).to(values)
-        values[:, :, :text, 0] = indicator[:, None, :]
-        sliced = {key: _rows_of(value, rows, batch) for key, value in kwargs.items()}
+        if layout.heads_first:
+            values[:, :, :text, 0] = indicator[:, None, :]
+        else:
+            values.view(len(rows), length, heads, -1)[:, :text, :, 0] = indicator[:, :, None]
+        queries = q.index_select(0, rows)
+        first = text
+        if not layout.rope_in_kernel:  # only the image's queries: the rope is already in them
+            queries = queries[:, :, text : text + image] if layout.heads_first else queries[:, text : text + image]
+            first = 0
         positional = [_rows_of(a, rows, batch) for a in args]
-        out = kernel(q.index_select(0, rows), k.index_select(0, rows), values, *positional, **sliced)
-        mass = out.float().view(len(rows), length, heads, -1)[..., 0].mean(dim=2)[:, text:]
-        self._fold(mass, self.patch_size)
+        sliced = {key: _rows_of(value, rows, batch) for key, value in kwargs.items()}
+        out = kernel(queries, k.index_select(0, rows), values, *positional, **sliced)
+        mass = out.float().reshape(len(rows), out.shape[1], heads, -1)[..., 0].mean(dim=2)
+        self._fold(mass[:, first : first + image], self.patch_size)
 
 
 def _rows_of(value: Any, rows: torch.Tensor, batch: int) -> Any:

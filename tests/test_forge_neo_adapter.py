@@ -99,17 +99,18 @@ def test_balance_minus_one_equals_plain_cfg_on_the_generic_prompt(neo, kind):
         ("flux", "attention", {}),
         ("flux_svdq", "difference", {}),
         ("chroma", "attention", {}),
-        ("zimage", "difference", {}),
-        ("qwen", "difference", {}),
-        ("lumina", "difference", {}),
+        ("zimage", "attention", {}),
+        ("qwen", "attention", {}),
+        ("lumina", "attention", {}),
         ("anima", "difference", {}),
         ("wan", "difference", {"batch_size": 2}),
     ],
 )
 def test_each_family_is_guided_with_the_mask_it_can_have(neo, kind, mask, extra):
     """Attention where the subject's keys and the attention can be read (Flux's keys through Neo's
-    tokenize_with_weights, Chroma through the flux blocks it is built from); elsewhere the difference
-    mask and one note naming the model, never an error."""
+    tokenize_with_weights, Chroma through the flux blocks it is built from, Qwen-Image / Z-Image /
+    Lumina 2 through their chat-template tokens and their own kernels); elsewhere the difference mask
+    and one note naming the model, never an error."""
     plain, _ = _run(neo, kind, **extra)
     out, processed = _run(neo, kind, degu={**ON, "context_scale": 2.0, "identity_scale": 0.5}, **extra)
     _no_errors(processed)
@@ -122,6 +123,24 @@ def test_each_family_is_guided_with_the_mask_it_can_have(neo, kind, mask, extra)
         assert len(notes) == 1 and name in notes[0]
     assert torch.isfinite(out).all()
     assert not torch.allclose(out, plain, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["qwen", "zimage", "lumina"])
+def test_chat_template_families_locate_the_subjects_key(neo, kind):
+    """The subject's key in the conditioning the network sees: Qwen-Image crops its template up to the
+    user turn ("a photo of sks": 3), Z-Image keeps ``<|im_start|>user\\n`` before it (6), Lumina 2 has
+    a start token, the system prompt and a newline before it."""
+    from backend.text_processing._comfy import ChatTokenizer
+    from backend.text_processing.gemma_engine import DEFAULT_POSITIVE
+    from modules import shared
+
+    harness.make_host(kind)
+    system = len(ChatTokenizer()([DEFAULT_POSITIVE])["input_ids"][0])
+    expected = {"qwen": 3, "zimage": 6, "lumina": 1 + system + 1 + 3}[kind]
+    assert neo.adapter._subject_keys(shared.sd_model, PROMPT, GENERIC_PROMPT, "sks") == [expected]
+    keys = neo.adapter._text_keys(shared.sd_model)[0]
+    _, count = keys(PROMPT)
+    assert shared.sd_model.get_learned_conditioning([PROMPT]).shape[1] == count  # the same key sequence
 
 
 def test_wan_video_latents_are_guided_per_frame(neo, monkeypatch):
@@ -191,31 +210,61 @@ def test_generic_rows_take_the_generic_prompts_extra_tensor_conds(neo):
     assert torch.equal(entry["model_conds"]["token_ids"].cond, prompt["token_ids"])  # the prompt's entry is untouched
 
 
-def test_a_call_whose_joint_attention_cannot_be_folded_falls_back_to_the_difference_mask(neo):
-    """Neo's Flux Kontext appends reference-image tokens after the image's: the joint-attention map
-    cannot be folded onto the latent. DeGu says so once and goes on with the difference mask."""
+def _kontext_host():
+    """Neo's Flux Kontext: reference-image tokens appended after the image's (out[:, :img_tokens])."""
     import torch.nn.functional as F
 
-    def kontext_host():
-        host = harness.make_host("flux")
-        network = host.unet.model.diffusion_model
-        inner = network.inner_forward
+    host = harness.make_host("flux")
+    network = host.unet.model.diffusion_model
+    inner = network.inner_forward
 
-        def with_reference(img, img_ids, *args, **kwargs):  # Neo: out[:, :img_tokens] after the DiT
-            tokens = img.shape[1]
-            img = torch.cat([img, F.pad(img[:, :3], (0, 0))], dim=1)
-            img_ids = torch.cat([img_ids, img_ids[:, :3] + 100], dim=1)
-            return inner(img, img_ids, *args, **kwargs)[:, :tokens]
+    def with_reference(img, img_ids, *args, **kwargs):
+        tokens = img.shape[1]
+        img = torch.cat([img, F.pad(img[:, :3], (0, 0))], dim=1)
+        img_ids = torch.cat([img_ids, img_ids[:, :3] + 100], dim=1)
+        return inner(img, img_ids, *args, **kwargs)[:, :tokens]
 
-        network.inner_forward = with_reference
-        return host
+    network.inner_forward = with_reference
+    return host
 
+
+def test_kontext_reference_tokens_are_keys_and_the_image_tokens_are_read(neo):
+    """Tokens after the image's are attended to but are not the image: the map folds the image's own
+    tokens, so Kontext keeps the attention mask (it fell back to the difference mask before)."""
     settings = {**ON, "identity_scale": 0.5}
-    out, processed = _run(neo, host=kontext_host(), degu=settings)
-    difference, _ = _run(neo, host=kontext_host(), degu={**settings, "mask_source": "difference"})
+    out, processed = _run(neo, host=_kontext_host(), degu=settings)
+    difference, _ = _run(neo, host=_kontext_host(), degu={**settings, "mask_source": "difference"})
+    _no_errors(processed)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "attention"
+    assert not [c for c in processed.p.comments if "attention mask unavailable" in c]
+    assert torch.isfinite(out).all() and not torch.allclose(out, difference, atol=1e-4)
+
+
+def test_a_call_whose_joint_attention_cannot_be_read_falls_back_to_the_difference_mask(neo, monkeypatch):
+    """Whatever fails inside the capture's model call: DeGu says so once, makes the call again without
+    it and goes on with the difference mask."""
+    from lib_degu import attention
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unexpected layout")
+
+    monkeypatch.setattr(attention.JointAttentionCapture, "_measure", broken)
+    settings = {**ON, "identity_scale": 0.5}
+    out, processed = _run(neo, "qwen", degu=settings)
+    difference, _ = _run(neo, "qwen", degu={**settings, "mask_source": "difference"})
     assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
     assert len([c for c in processed.p.comments if "attention could not be read" in c]) == 1
     assert torch.allclose(out, difference, atol=1e-6)
+
+
+def test_a_capture_that_never_reads_a_map_says_so(neo, monkeypatch):
+    """A kernel the network never calls (the capture armed, no map): not a silent difference mask."""
+    from lib_degu import attention
+
+    monkeypatch.setattr(attention.JointAttentionCapture, "_measure", lambda *args, **kwargs: None)
+    _, processed = _run(neo, "lumina", degu=ON)
+    assert processed.p.extra_generation_params["DeGu mask used"] == "difference"
+    assert len([c for c in processed.p.comments if "no attention map was read" in c]) == 1
 
 
 def test_a_sampler_wrapper_that_replaces_degus_falls_back_to_a_separate_generic_call(neo, monkeypatch, capsys):

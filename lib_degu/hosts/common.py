@@ -44,6 +44,10 @@ class Generation:
             self.note(p, f"DeGu: non-finite values in {bad} image-step(s); the WebUI's own result was used there.")
         for guide in self.all_guides:
             self.sources |= guide.sources_used
+        if self.settings.mask_source == "attention" and self.sources and "attention" not in self.sources:
+            if not any("attention mask unavailable" in note for note in self.notes):
+                # A capture that never fired (a kernel the network does not call) must not pass silently
+                self.note(p, "DeGu: attention mask unavailable (no attention map was read); used the difference mask.")
 
     def sources_so_far(self) -> set[str]:
         """The mask sources that ran up to now (host-side sets: no device sync)."""
@@ -66,9 +70,7 @@ class Generation:
         return self.caches.setdefault("hr" if getattr(p, "is_hr_pass", False) else "first", [None, None])
 
 
-def plan_prompts(
-    p: Any, generation: Generation, parts_of: Callable[[str], list[tuple[str, float]]]
-) -> list[ImagePlan]:
+def plan_prompts(p: Any, generation: Generation, parts_of: Callable[[str], list[tuple[str, float]]]) -> list[ImagePlan]:
     """One plan per image of this pass (hires prompts in the hires pass); tells the user about
     images whose prompt lacks the subject."""
     prompts = list(p.hr_prompts if getattr(p, "is_hr_pass", False) else p.prompts)
@@ -191,8 +193,7 @@ class GenericRows:
         """Per row, the schedule entry ``reconstruct_cond_batch`` picks: the first whose
         ``end_at_step`` is not yet passed. A change means the generic rows change (prompt editing)."""
         return tuple(
-            next((i for i, entry in enumerate(schedule) if step <= entry.end_at_step), 0)
-            for schedule in self.schedules
+            next((i for i, entry in enumerate(schedule) if step <= entry.end_at_step), 0) for schedule in self.schedules
         )
 
     def at(self, step: int) -> Any:

@@ -29,7 +29,9 @@ from lib_degu.attention import (
     JointAttentionCapture,
     MMDiTCapture,
     find_cross_attention,
+    find_joint_dit,
     find_mmdit,
+    joint_blocks,
     token_indicator,
 )
 from lib_degu.hosts.common import (
@@ -115,8 +117,13 @@ def _text_keys(model: Any) -> tuple[Any, int | None] | None:
     """The tokenizer whose tokens are the model's text keys, and its chunk length.
 
     SD1/SD2/SDXL: CLIP chunks of 77 (SDXL's L and G align). Flux, Chroma: T5 only (no BOS, one padded
-    chunk). SD3.5 (CLIP-L/G then T5, joined): ``_subject_keys``.
+    chunk). Forge Neo's Qwen-Image, Z-Image, Lumina 2: chat-template tokens (``_template_tokenizer``).
+    SD3.5 (CLIP-L/G then T5, joined): ``_subject_keys``.
     """
+    for name in ("text_processing_engine_qwen", "text_processing_engine_gemma"):  # Forge Neo
+        if hasattr(model, name):
+            tokenize = _template_tokenizer(getattr(model, name), crop_template=name.endswith("qwen"))
+            return (tokenize, None) if tokenize is not None else None
     if hasattr(model, "text_processing_engine_t5"):
         if hasattr(model, "text_processing_engine_g"):
             return None
@@ -127,6 +134,58 @@ def _text_keys(model: Any) -> tuple[Any, int | None] | None:
         if engine is not None and hasattr(engine, "tokenize_line"):
             return engine.tokenize_line, 77
     return None
+
+
+def _text_length(entry: dict) -> int:
+    """The text length of a cond entry's cross-attention conditioning (0 if it has none)."""
+    crossattn = entry.get("model_conds", {}).get("c_crossattn")
+    tensor = getattr(crossattn, "cond", None)
+    return int(tensor.shape[1]) if torch.is_tensor(tensor) and tensor.dim() == 3 else 0
+
+
+# Forge Neo's Qwen-Image engines keep the conditioning from the user turn on: they drop the tokens up to
+# the second ``<|im_start|>`` and the ``user``, ``\n`` after it (backend/text_processing/qwen_engine.py,
+# ``postprocess_tokens`` @ 97dd8713 and ``__call__`` @ 329d9d97: the same rule, these token ids).
+QWEN_IM_START, QWEN_USER, QWEN_NEWLINE = 151644, 872, 198
+
+
+def _qwen_template_end(tokens: list[int]) -> int:
+    end = starts = 0
+    for index, token in enumerate(tokens):
+        if token == QWEN_IM_START and starts < 2:
+            end, starts = index, starts + 1
+    if len(tokens) > end + 3 and tokens[end + 1] == QWEN_USER and tokens[end + 2] == QWEN_NEWLINE:
+        end += 3
+    return end
+
+
+def _template_tokenizer(engine: Any, crop_template: bool) -> Any:
+    """``tokenize_line`` for Forge Neo's chat-template engines (Qwen-Image: Qwen2.5-VL; Z-Image: Qwen3;
+    Lumina 2: Gemma 2): the tokens the text encoder sees, template included, as the engine builds them,
+    less what the engine crops. The template is shared by both prompts, so the subject's positions
+    (the tokens the generic prompt lacks) come out right whatever its length."""
+    tokenizer = getattr(engine, "tokenizer", None)
+    own_lines = callable(getattr(engine, "tokenize_line", None))  # Neo's own Qwen engine: template inside
+    if not own_lines and not callable(getattr(tokenizer, "tokenize_with_weights", None)):
+        return None
+
+    def tokenize_line(text: str) -> tuple[list[Any], int]:
+        if own_lines:
+            chunks, _ = engine.tokenize_line(text)
+            tokens = [token for chunk in chunks for token in chunk.tokens]
+        else:
+            if hasattr(engine, "llama_template"):
+                text = engine.llama_template.format(text)
+            elif callable(getattr(engine, "process_template", None)):
+                text = engine.process_template(text, False)
+            batches = tokenizer.tokenize_with_weights(text, disable_weights=True)
+            tokens = [pair[0] for batch in batches for pair in batch]
+        tokens = [int(t) if isinstance(t, int) else -1 for t in tokens]  # image embeds: never the subject
+        if crop_template:
+            tokens = tokens[_qwen_template_end(tokens) :]
+        return [SimpleNamespace(tokens=tokens, fixes=[])], len(tokens)
+
+    return tokenize_line
 
 
 def _line_tokenizer(engine: Any) -> Any:
@@ -203,7 +262,9 @@ def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[lis
     flux = _flux_module(diffusion_model)
     cross_attention = diffusion_model is not None and bool(find_cross_attention(diffusion_model))
     mmdit = not cross_attention and flux is None and find_mmdit(diffusion_model) is not None  # SD3.5
-    if not cross_attention and flux is None and not mmdit:
+    # Forge Neo's Qwen-Image, Lumina 2 and Z-Image: text-first joint attention with their own kernel name
+    joint = None if cross_attention or flux is not None or mmdit else find_joint_dit(diffusion_model)
+    if not cross_attention and flux is None and not mmdit and joint is None:
         reason = f"this model's attention cannot be read ({_model_name(diffusion_model)})"
     elif not all(positions):
         reason = "the subject's tokens could not be located"
@@ -211,6 +272,10 @@ def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[lis
         return AttentionCapture(diffusion_model)
     elif mmdit:
         return MMDiTCapture(diffusion_model)
+    elif joint is not None:
+        namespace, layout = joint
+        patch_size = int(getattr(diffusion_model, "patch_size", 2))
+        return JointAttentionCapture(namespace, root=diffusion_model, layout=layout, patch_size=patch_size)
     else:  # Flux, Chroma: the middle quarter of the double-then-single block sequence
         return JointAttentionCapture(flux, root=diffusion_model)
     generation.note(p, f"DeGu: attention mask unavailable ({reason}); using the difference mask.")
@@ -224,19 +289,19 @@ def _model_name(diffusion_model: Any) -> str:
 def _flux_module(diffusion_model: Any) -> Any:
     """Forge's backend/nn/flux.py when the model's joint blocks are its blocks (Flux, and Chroma built
     from them): they call its module-level ``attention`` with text tokens first. Image-first blocks
-    (``flipped_img_txt``) are left to the difference mask."""
+    (``flipped_img_txt``) are left to the difference mask. Only the double/single blocks count: Neo's
+    Qwen-Image and NextDiT borrow flux.py's rope embedder but never call its ``attention``."""
     import sys
 
     if diffusion_model is None:
         return None
-    found = None
-    for module in diffusion_model.modules():
-        if getattr(module, "flipped_img_txt", False):
-            return None
-        owner = sys.modules.get(type(module).__module__)
-        if found is None and owner is not None and owner.__name__ == "backend.nn.flux":
-            found = owner if callable(getattr(owner, "attention", None)) else None
-    return found
+    if any(getattr(module, "flipped_img_txt", False) for module in diffusion_model.modules()):
+        return None
+    for block in joint_blocks(diffusion_model):
+        owner = sys.modules.get(type(block).__module__)
+        if owner is not None and owner.__name__ == "backend.nn.flux":
+            return owner if callable(getattr(owner, "attention", None)) else None
+    return None
 
 
 # -- the hooks ---------------------------------------------------------------------------------------
@@ -279,7 +344,8 @@ def _install(unet: Any, state: Pass) -> None:
                 uncond = [_tagged(entry, UNCOND, batch) for entry in uncond]
             if state.capture is not None:
                 if state.indicator is None or state.indicator.device != x.device:
-                    length = max(max(found) for found in state.positions) + 1
+                    # As wide as the prompt's conditioning, so that batching that tiles it tiles this too
+                    length = max(_text_length(cond[0]), max(max(found) for found in state.positions) + 1)
                     state.indicator = token_indicator(state.positions, length, x.device)  # once per pass
                 state.capture.begin_step(state.active_images, state.indicator)
         except Exception as error:

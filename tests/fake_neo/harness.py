@@ -127,16 +127,29 @@ def make_host(kind: str = "sd15", seed: int = 0) -> Host:
     reset_host_state()
     tiny_text = forge_harness._sibling("tiny_text")
     invariant = forge_harness._sibling("batch_invariance").make_batch_invariant
+    tokenizer: Any = tiny_text.FakeT5Tokenizer()
     if kind == "chroma":
         from backend.nn.chroma import tiny_chroma
 
         network = tiny_chroma(seed)
+    elif kind == "qwen":
+        from backend.nn.qwen import tiny_qwen_image
+
+        network = tiny_qwen_image(seed)
+    elif kind in ("zimage", "lumina"):
+        from backend.nn.lumina import tiny_next_dit
+
+        network = tiny_next_dit(seed, pad_tokens_multiple=8 if kind == "zimage" else None)  # Neo's Z-Image: 32
     else:
         network = tiny_dit.tiny_joint_dit(seed)
+    if kind in ("qwen", "zimage", "lumina"):
+        from backend.text_processing._comfy import ChatTokenizer
+
+        tokenizer = ChatTokenizer()
     components = {
         "transformer": invariant(network),
         "text_encoder": invariant(tiny_text.TinyT5Encoder(width=32, seed=seed + 2)),
-        "tokenizer": tiny_text.FakeT5Tokenizer(),
+        "tokenizer": tokenizer,
     }
     module_name, class_name = engines[kind].split(".")
     engine = getattr(importlib.import_module(f"backend.diffusion_engine.{module_name}"), class_name)

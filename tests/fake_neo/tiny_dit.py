@@ -1,5 +1,6 @@
-"""A tiny, seeded text-to-latent transformer standing in for Forge Neo's Z-Image, Qwen-Image, Lumina 2,
-Anima and Wan networks (not a mirror of any Neo file: their layouts were not simulated in detail).
+"""A tiny, seeded text-to-latent transformer standing in for Forge Neo's Anima and Wan networks (not a
+mirror of any Neo file: their layouts were not simulated in detail; Qwen-Image and NextDiT have their
+own fakes in backend/nn).
 
 What matters to DeGu is kept: the text tokens and every latent position (any number of latent dims,
 so Wan's frames too) meet in one joint attention computed with the network's own kernel (not

@@ -35,16 +35,22 @@ class TextDiTEngine(ForgeDiffusionEngine):
             k_predictor=PredictionFlux(mu=1.0),
             config=estimated_config,
         )
-        engine = T5TextProcessingEngine(
-            text_encoder=getattr(clip.cond_stage_model, self.encoder_key),
-            tokenizer=getattr(clip.tokenizer, self.encoder_key),
-            is_chroma=self.is_chroma,
-            min_length=self.min_length,
+        setattr(
+            self,
+            self.engine_attribute,
+            self.text_engine(
+                getattr(clip.cond_stage_model, self.encoder_key), getattr(clip.tokenizer, self.encoder_key)
+            ),
         )
-        setattr(self, self.engine_attribute, engine)
         self.forge_objects = ForgeObjects(unet=unet, clip=clip, vae=VAE(latent_channels=16), clipvision=None)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+    def text_engine(self, text_encoder: Any, tokenizer: Any) -> Any:
+        """The family's prompt engine (default: the T5 layout)."""
+        return T5TextProcessingEngine(
+            text_encoder=text_encoder, tokenizer=tokenizer, is_chroma=self.is_chroma, min_length=self.min_length
+        )
 
     @torch.inference_mode()
     def get_learned_conditioning(self, prompt: list[str]) -> torch.Tensor:
