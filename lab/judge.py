@@ -108,7 +108,8 @@ def load(path: Path = PATH) -> Judge:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the judge network on rendered scenes.")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--object-weight", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=PATH)
@@ -125,7 +126,12 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = cosine_lr(step, args.steps, 2e-3)
         images, targets = labelled_batch(rng, 32)
         logits = judge(degrade(images, generator))
-        loss = sum(F.cross_entropy(logits[k], targets[k], ignore_index=-1) for k in HEADS)
+        loss = sum(F.cross_entropy(logits[k], targets[k], ignore_index=-1) for k in HEADS if k != "region")
+        # Object pixels are a fifth of a scene: unweighted, the shape head learns "background" and
+        # guesses the shape (it read a square as a square one time in five); weight them up.
+        region = F.cross_entropy(logits["region"], targets["region"], reduction="none")
+        weight = torch.where(targets["region"] > 0, args.object_weight, 1.0)
+        loss = loss + (region * weight).sum() / weight.sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
