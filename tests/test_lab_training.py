@@ -1,0 +1,63 @@
+"""The lab's training data and loss: what the fine-tunes and the base model are taught."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lab import model as lab_model
+from lab import personalise
+from lab.subjects import EXCLUDED, SUBJECTS
+from lab.train_base import batch as prior_batch
+from lab.train_base import min_snr_weight
+
+
+def test_class_images_show_the_class_word_alone_never_the_subjects_appearance():
+    subject = SUBJECTS[0]
+    rng = np.random.default_rng(0)
+    latents, captions = personalise.class_images(rng, subject, 24)
+    assert latents.shape[0] == 24
+    assert all(c.startswith(f"a {subject.shape} on a ") for c in captions), captions
+    assert not any(subject.token in c or subject.colour in c for c in captions), captions
+    own = f"a {subject.shape} on a {subject.texture} {subject.background} background"
+    assert 0 < captions.count(own) < 24  # some in the training context, not all
+
+
+def test_class_images_never_draw_an_excluded_appearance():
+    subject = SUBJECTS[1]
+    rng = np.random.default_rng(1)
+    drawn = []
+    original = personalise.scenes.render
+
+    def spy(scene):
+        drawn.extend((t.shape, t.colour, t.striped) for t in scene.things)
+        return original(scene)
+
+    personalise.scenes.render = spy
+    try:
+        personalise.class_images(rng, subject, 40)
+    finally:
+        personalise.scenes.render = original
+    assert len(drawn) == 40
+    assert not set(drawn) & EXCLUDED
+
+
+def test_prior_images_mix_base_scenes_and_class_images_by_share():
+    subject = SUBJECTS[2]
+    latents, captions = personalise.prior_images(np.random.default_rng(2), subject, 6, class_share=0.5)
+    assert latents.shape[0] == 6 and len(captions) == 6
+    assert sum(c.startswith(f"a {subject.shape} on a ") for c in captions[3:]) == 3
+    base_latents, base_captions = personalise.prior_images(np.random.default_rng(2), subject, 6, class_share=0.0)
+    expected_latents, expected_captions = prior_batch(np.random.default_rng(2), 6, drop=0.0)
+    assert base_captions == expected_captions
+    assert torch.equal(base_latents, expected_latents)
+
+
+def test_min_snr_weight_caps_the_clean_steps_and_keeps_the_noisy_ones():
+    schedule = lab_model.Schedule()
+    t = torch.tensor([0, schedule.steps // 2, schedule.steps - 1])
+    weight = min_snr_weight(schedule, t, gamma=5.0)
+    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])
+    torch.testing.assert_close(weight, torch.where(snr > 5, 5 / snr, torch.ones_like(snr)))
+    assert weight[0] < 0.01 and weight[-1] == 1.0
+    assert torch.equal(min_snr_weight(schedule, t, gamma=0.0), torch.ones(3))
