@@ -274,7 +274,8 @@ def test_the_forge_script_reads_every_positional_arg_into_its_own_field(forge):
 
 
 def test_a_sampler_cfg_function_still_applies(forge):
-    """A dynamic-thresholding-like cfg function: DeGu adds its difference on top of its result."""
+    """A dynamic-thresholding-like cfg function still replaces the CFG formula (DeGu's combination goes
+    through it: see the RescaleCFG test in tests/test_forge_neo_adapter.py)."""
     from modules import scripts
 
     class Thresholding(scripts.Script):

@@ -30,11 +30,11 @@ def neo():
         harness.uninstall()
 
 
-def _run(script_module, kind="sd15", degu=None, host=None, **kwargs):
+def _run(script_module, kind="sd15", degu=None, host=None, host_scripts=(), **kwargs):
     host = host or harness.make_host(kind)
     kwargs.setdefault("prompt", PROMPT)
     p = host.processing(**kwargs)
-    scripts = [] if degu is None else [(script_module.DeGuScript(), script_args(**degu))]
+    scripts = [*host_scripts] + ([] if degu is None else [(script_module.DeGuScript(), script_args(**degu))])
     processed = host.run(p, *scripts)
     processed.p = p
     return torch.stack(list(processed.images)), processed
@@ -290,3 +290,106 @@ def test_a_sampler_wrapper_that_replaces_degus_falls_back_to_a_separate_generic_
     _no_errors(processed)
     assert torch.allclose(out, generic, atol=1e-4)
     assert capsys.readouterr().out.count("could not join the batch") == 1
+
+
+# -- Neo's built-in guidance options on top of DeGu (docs/forge_neo.md, "Built-in guidance options") --------
+EPS_SCALING, MAHIRO_SCALE, RESCALE = 1.02, 7.0, 0.7
+DEGU_GENERIC = {**ON, "balance": -1.0, "mask_source": "difference"}  # M = 0: DeGu's combination is CFG on g
+
+
+def _option(name):
+    """Neo's option ``name`` switched on the way Neo does it: Epsilon Scaling through the setting that
+    ``apply_token_merging`` reads, MaHiRo and RescaleCFG as the built-in processing scripts."""
+    if name == "epsilon scaling":
+        return {"override_settings": {"scaling_factor": EPS_SCALING}}, []
+    from modules.processing_scripts.mahiro import ScriptMahiro
+    from modules.processing_scripts.rescale_cfg import ScriptRescaleCFG
+
+    script = (ScriptMahiro(), (True,)) if name == "MaHiRo" else (ScriptRescaleCFG(), (RESCALE,))
+    return {}, [script]
+
+
+def _expected(name, x, sigma, s, cond, uncond, combined):
+    """The option's own formula (ComfyUI's nodes_eps / nodes_mahiro / RescaleCFG) applied to ``combined``
+    as the guided prediction, with the host's cond and uncond predictions."""
+    if name == "epsilon scaling":
+        return x - (x - combined) / EPS_SCALING
+    if name == "MaHiRo":
+        leap, u_leap = cond * s, uncond * s
+        merge = (leap + combined) / 2
+        normu = torch.sqrt(u_leap.abs()) * u_leap.sign()
+        normm = torch.sqrt(merge.abs()) * merge.sign()
+        simsc = 2 * (torch.nn.functional.cosine_similarity(normu, normm).mean() + 1)
+        return (simsc * combined + (4 - simsc) * leap) / 4
+    sigma = sigma.view(-1, 1, 1, 1)
+    k = (sigma**2 + 1.0) ** 0.5
+    scaled = x / (sigma**2 + 1.0)
+    cond_v = (scaled - cond) * k / sigma  # RescaleCFG's space: (x/(sigma^2+1) - denoised) * k / sigma
+    cfg_v = (scaled - combined) * k / sigma
+    ratio = cond_v.std(dim=(1, 2, 3), keepdim=True) / cfg_v.std(dim=(1, 2, 3), keepdim=True)
+    final = RESCALE * cfg_v * ratio + (1.0 - RESCALE) * cfg_v
+    return scaled - final * sigma / k
+
+
+def _rows(neo, prompt):
+    """One Euler step of the plain host (its result is the step's guided prediction), with what its CFG
+    step had: the input, sigma, the scale and the cond/uncond predictions (a post-CFG function that
+    changes nothing records them)."""
+    from modules import scripts
+
+    seen = {}
+
+    class Recorder(scripts.Script):
+        def title(self):
+            return "recorder"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            def record(args):
+                seen.update(x=args["input"], sigma=args["sigma"], s=args["cond_scale"])
+                seen.update(cond=args["cond_denoised"], uncond=args["uncond_denoised"])
+                return args["denoised"]
+
+            unet = p.sd_model.forge_objects.unet.clone()
+            unet.set_model_sampler_post_cfg_function(record)
+            p.sd_model.forge_objects.unet = unet
+
+    host = harness.make_host("sd15")
+    out = torch.stack(list(host.run(host.processing(prompt=prompt, steps=1), Recorder()).images))
+    assert torch.allclose(out, seen["uncond"] + seen["s"] * (seen["cond"] - seen["uncond"]), atol=1e-5)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["epsilon scaling", "MaHiRo", "RescaleCFG"])
+def test_neos_built_in_guidance_option_applies_on_top_of_degu(neo, name):
+    """Epsilon Scaling (modules/sd_models.py: apply_token_merging, before process_before_every_sampling:
+    a post-CFG function already on the patcher DeGu clones), MaHiRo (a built-in script's post-CFG
+    function, appended after DeGu's) and RescaleCFG (a built-in script's single-slot cfg function, set
+    after DeGu's hooks) each apply to DeGu's combination: the result is the option's formula with DeGu's
+    combination as the guided prediction and the host's own cond/uncond predictions."""
+    from backend import utils
+
+    settings, scripts = _option(name)
+    host = harness.make_host("sd15")
+    before = utils.deepcopy_(host.unet.model_options)
+    plain = _run(neo, host=host, steps=1)[0]
+    with_option = _run(neo, host=host, steps=1, host_scripts=scripts, **settings)[0]
+    rows, generic = _rows(neo, PROMPT), _rows(neo, GENERIC_PROMPT)
+    x, sigma, s, cond, uncond = (rows[k] for k in ("x", "sigma", "s", "cond", "uncond"))
+    assert torch.allclose(plain, uncond + s * (cond - uncond), atol=1e-5)
+    assert torch.allclose(with_option, _expected(name, x, sigma, s, cond, uncond, plain), atol=1e-5)
+    assert not torch.allclose(with_option, plain, atol=1e-3)  # the option matters
+
+    off = _run(neo, host=host, steps=1, host_scripts=scripts, degu={"enabled": False, "subject": "sks"}, **settings)[0]
+    assert torch.equal(off, with_option)  # DeGu off: the host with the option, bit for bit
+
+    out, processed = _run(neo, host=host, steps=1, host_scripts=scripts, degu=DEGU_GENERIC, **settings)
+    _no_errors(processed)
+    combined = uncond + s * (generic["cond"] - uncond)  # DeGu's own combination at M = 0
+    assert not torch.allclose(combined, plain, atol=1e-3)
+    assert torch.allclose(out, _expected(name, x, sigma, s, cond, uncond, combined), atol=1e-4)
+
+    assert _same(host.unet.model_options, before)  # nothing left on the shared patcher
+    assert torch.equal(_run(neo, host=host, steps=1)[0], plain)

@@ -8,8 +8,11 @@ A1111 adapter applies. Per pass, on a clone of the pass's UnetPatcher (Forge dro
 - a model-function wrapper, chained around any previous one, keeps the generic rows' output and,
   for the attention mask, hooks ``attn2.to_q/to_k`` (UNets), Flux's ``attention`` or SD3.5's MM-DiT
   ``attention`` only for the duration of that one call;
-- the first post-CFG function returns ``denoised + (DeGu - plain CFG)``, so a cfg function
-  (dynamic thresholding) and later post-CFG functions (PAG, SAG) still apply.
+- the first post-CFG function returns ``denoised + (DeGu - plain CFG)``, so later post-CFG functions
+  (PAG, SAG; Forge Neo's Epsilon Scaling and MaHiRo) apply to DeGu's result;
+- where a cfg function replaces the CFG formula (dynamic thresholding; Forge Neo's RescaleCFG, set after
+  DeGu's hooks), the conditioning modifier wraps it for the call: it gets an uncond prediction moved so
+  that plain CFG is DeGu's combination (the prompt's cond prediction unchanged), and applies to that.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ from lib_degu.step import Guide, is_active
 ROLE_KEY = "degu_role"
 UNCOND, IDENTITY, CONTEXT = 0.0, 1.0, 2.0
 PATCHER_ATTR = "degu_pass"
+# Below this |1 - CFG scale| DeGu's difference is not moved into a cfg function's uncond (it would be
+# divided by 1 - s); it is added after the cfg function instead, as without one.
+CFG_SHIFT_MIN = 0.05
 
 
 class RoleTag(Condition):
@@ -67,6 +73,7 @@ class StepState:
     sigma: torch.Tensor  # per image of the batch (Forge's samplers all pass k-diffusion sigmas)
     with_context: bool = True  # the generic prompt runs at this call (else DeGu reuses its difference)
     generic: torch.Tensor | None = None
+    applied: bool = False  # DeGu's difference went in through the cfg function (post_cfg adds nothing)
 
 
 @dataclass
@@ -326,6 +333,11 @@ def _install(unet: Any, state: Pass) -> None:
             with_context = state.guide.needs_context(key, has_uncond=uncond_runs)
             generic_entry = _generic_entry(cond[0], state.generic.at(denoiser.step)) if with_context else None
             state.step = StepState(cond_scale, uncond_runs, generic_entry, timestep, with_context)
+            if "sampler_cfg_function" in model_options and uncond_runs and abs(1.0 - cond_scale) >= CFG_SHIFT_MIN:
+                # A cfg function (Neo's RescaleCFG, DynThres, LatentModifier) replaces the CFG formula: it
+                # must see DeGu's combination, not get DeGu's difference added after it.
+                wrapped = through_degu(model_options["sampler_cfg_function"])
+                model_options = {**model_options, "sampler_cfg_function": wrapped}
             coupled_by = _batch_coupling(model_options)
             if coupled_by:
                 # Extra rows would change what the other extension computes for the host's rows: leave
@@ -383,24 +395,50 @@ def _install(unet: Any, state: Pass) -> None:
             output = output.index_fill(0, torch.tensor(context, device=output.device), 0.0)
         return output
 
+    def difference(step: StepState, args: dict) -> torch.Tensor:
+        """DeGu's result minus plain CFG, for every image of the batch (zero for inactive ones)."""
+        generic = step.generic
+        if generic is None and step.with_context:  # the generic rows did not run in the batch: one extra call
+            generic = _extra_generic_call(state, step, args)
+        cond = args["cond_denoised"]
+        index = torch.tensor(state.active_images, device=cond.device)
+        s = cond.index_select(0, index)
+        g = None if generic is None else generic.index_select(0, index.to(generic.device)).to(s)
+        u = args["uncond_denoised"].index_select(0, index) if step.uncond_runs else None
+        attention = state.capture.take() if state.capture is not None else None
+        sigma = step.sigma.index_select(0, index.to(step.sigma.device))
+        delta = state.guide.delta(u, s, g, cfg_scale=step.cond_scale, attention=attention, sigma=sigma)
+        state.generation.sources |= state.guide.sources_used
+        return torch.zeros_like(cond).index_add(0, index, delta.to(cond.dtype))
+
+    def through_degu(cfg_function):  # noqa: ANN001, ANN202
+        def sampler_cfg_function(args):  # noqa: ANN001, ANN202
+            """The cfg function gets the prompt's own cond prediction and an uncond prediction moved so
+            that plain CFG at the pass's scale is DeGu's combination: u' + s (c - u') = u + s (c - u) + d
+            for u' = u + d / (1 - s). A formula of the guided prediction and the cond (RescaleCFG) thus
+            applies to DeGu's result; post_cfg then adds nothing."""
+            step = state.step
+            if step is None or step.applied:
+                return cfg_function(args)
+            try:
+                shift = difference(step, args) / (1.0 - step.cond_scale)
+            except Exception as error:
+                state.step = None
+                state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
+                return cfg_function(args)
+            step.applied = True
+            uncond = args["uncond_denoised"] + shift
+            return cfg_function({**args, "uncond": args["input"] - uncond, "uncond_denoised": uncond})
+
+        return sampler_cfg_function
+
     def post_cfg(args):  # noqa: ANN001, ANN202
         step, state.step = state.step, None
         denoised = args["denoised"]
-        if step is None:
+        if step is None or step.applied:
             return denoised
         try:
-            generic = step.generic
-            if generic is None and step.with_context:  # the generic rows did not run in the batch: one extra call
-                generic = _extra_generic_call(state, step, args)
-            index = torch.tensor(state.active_images, device=denoised.device)
-            s = args["cond_denoised"].index_select(0, index)
-            g = None if generic is None else generic.index_select(0, index.to(generic.device)).to(s)
-            u = args["uncond_denoised"].index_select(0, index) if step.uncond_runs else None
-            attention = state.capture.take() if state.capture is not None else None
-            sigma = step.sigma.index_select(0, index.to(step.sigma.device))
-            delta = state.guide.delta(u, s, g, cfg_scale=step.cond_scale, attention=attention, sigma=sigma)
-            state.generation.sources |= state.guide.sources_used
-            return denoised.index_add(0, index, delta.to(denoised.dtype))
+            return denoised + difference(step, args).to(denoised.dtype)
         except Exception as error:
             state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
             return denoised

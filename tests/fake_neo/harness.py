@@ -89,6 +89,17 @@ class Host(_H.Host):
             kwargs = {"cfg_scale": 1.0, **kwargs}
         return super().processing(**kwargs)
 
+    def run(self, p: Any, *scripts: Any) -> Any:
+        """Neo's ``load_scripts`` lists ``modules/processing_scripts`` (MaHiRo, RescaleCFG) after every
+        extension's scripts (``list_scripts("scripts") + list_scripts("modules/processing_scripts")``),
+        so their hooks run after the extensions' whatever order a test passes them in."""
+
+        def builtin(item: Any) -> bool:
+            script = item[0] if isinstance(item, tuple) else item
+            return type(script).__module__.startswith("modules.processing_scripts.")
+
+        return super().run(p, *[s for s in scripts if not builtin(s)], *[s for s in scripts if builtin(s)])
+
 
 def reset_host_state() -> None:
     _H.reset_host_state()
