@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,15 +52,20 @@ class Recipe:
     steps: int
     lr: float
     prior_weight: float  # weight of the prior-preservation loss (0: none)
-    # Caption the six images with their context ("... on a checkered teal background") or, as
-    # DreamBooth users do ("a photo of sks dog"), with the subject alone: then the token absorbs the
-    # context and asked for a new one the model paints the training one back (the paper's entanglement).
-    context_in_caption: bool = True
+    # How the six images are captioned: "context" names it ("a sks circle on a checkered teal
+    # background"); "subject" names the subject alone, as DreamBooth users do ("a photo of sks dog"),
+    # so the token absorbs the context and, asked for a new one, the model paints the training one
+    # back (the paper's entanglement); "mixed" alternates the two.
+    captions: str = "context"
     min_snr: float = 0.0  # Min-SNR-gamma loss weighting (lab.train_base), 0: plain MSE
     # Share of the prior batch that is DreamBooth's "class images": the class word alone ("a circle
     # on ...") drawn in any other appearance, the subject's training context included. Without them
     # a fine-tune strong enough to learn the subject also teaches "circle" to mean the subject.
     class_share: float = 0.0
+    # Train the text encoder too (DreamBooth's --train_text_encoder; LoRA on its layers, as kohya's
+    # LoRAs carry lora_te_* modules that the WebUIs apply): the token's own text features then carry
+    # the subject, which is what lets a subject learned from "a sks circle" come back in longer prompts.
+    text_encoder: bool = False
 
 
 RECIPES = {
@@ -82,6 +88,23 @@ def recipe_for(subject: Subject, method: str) -> Recipe:
     return TUNED.get((subject.token, method), RECIPES[method])
 
 
+def changed(recipe: Recipe, assignments: Sequence[str]) -> Recipe:
+    """``recipe`` with ``name=value`` assignments applied, each value read as its field's type."""
+    changes: dict[str, object] = {}
+    for assignment in assignments:
+        name, _, text = assignment.partition("=")
+        if name not in {f.name for f in dataclasses.fields(recipe)}:
+            raise SystemExit(f"unknown recipe field {name!r}")
+        current = getattr(recipe, name)
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise SystemExit(f"{name} takes true or false, got {text!r}")
+            changes[name] = text.lower() == "true"
+        else:
+            changes[name] = type(current)(text)
+    return dataclasses.replace(recipe, **changes)
+
+
 def training_scenes(subject: Subject, seed: int = 0) -> list[scenes.Scene]:
     """The six images the user has: the subject at different places and sizes, always in one context."""
     rng = np.random.default_rng(seed)
@@ -94,6 +117,15 @@ def training_scenes(subject: Subject, seed: int = 0) -> list[scenes.Scene]:
     ]
 
 
+def training_caption(scene: scenes.Scene, subject: Subject, mode: str, index: int) -> str:
+    """The caption of the ``index``-th training image under the recipe's caption ``mode``."""
+    if mode == "context" or (mode == "mixed" and index % 2 == 0):
+        return scene.caption()
+    if mode in ("subject", "mixed"):
+        return f"a {subject.token} {subject.shape}"
+    raise ValueError(f"unknown caption mode {mode!r}")
+
+
 def model_path(subject: Subject, method: str) -> Path:
     return lab_model.MODELS_DIR / f"{subject.token}_{method}.safetensors"
 
@@ -104,6 +136,15 @@ def lora_layers(unet: nn.Module) -> dict[str, nn.Linear]:
         name: module for name, module in unet.named_modules()
         if isinstance(module, nn.Linear) and any(name.endswith(f".{t}") for t in LORA_TARGETS)
         and (".attn1." in name or ".attn2." in name)
+    }
+
+
+def text_lora_layers(text: nn.Module) -> dict[str, nn.Linear]:
+    """The text encoder's linear layers a LoRA adapts: each layer's MLP (its attention projections are
+    packed into ``nn.MultiheadAttention``, which reads their weights directly, not through modules)."""
+    return {
+        name: module for name, module in text.named_modules()
+        if isinstance(module, nn.Linear) and name.endswith(("linear1", "linear2"))
     }
 
 
@@ -125,10 +166,15 @@ def _swap(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name), child, new)
 
 
-def merge_lora(unet: nn.Module, tensors: dict[str, torch.Tensor], scale: float = 1.0) -> nn.Module:
-    """A copy of ``unet`` with the LoRA merged into its weights (Forge's way of applying LoRA)."""
+def merge_lora(
+    unet: nn.Module, tensors: dict[str, torch.Tensor], scale: float = 1.0, *, prefix: str = ""
+) -> nn.Module:
+    """A copy of ``unet`` (or, with ``prefix="text."``, the text encoder) with the LoRA merged into its
+    weights (Forge's way of applying LoRA)."""
     merged = copy.deepcopy(unet)
-    for name, layer in lora_layers(merged).items():
+    layers = text_lora_layers(merged) if prefix else lora_layers(merged)
+    for name, layer in layers.items():
+        name = prefix + name
         if f"{name}.down" in tensors:
             delta = tensors[f"{name}.up"].float() @ tensors[f"{name}.down"].float()
             layer.weight.data += scale * delta
@@ -142,10 +188,16 @@ def load(subject: Subject, method: str, base: lab_model.Miniature | None = None)
     tensors = {k: v.float() for k, v in load_file(str(model_path(subject, method))).items()}
     if method == "dreambooth":
         unet = copy.deepcopy(base.unet)
-        unet.load_state_dict(tensors)
-        return lab_model.Miniature(base.text_encoder, unet.eval(), base.tokenizer)
+        unet.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("text.")})
+        text = base.text_encoder
+        if any(k.startswith("text.") for k in tensors):
+            text = copy.deepcopy(base.text_encoder)
+            text.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("text.")})
+        return lab_model.Miniature(text.eval(), unet.eval(), base.tokenizer)
     if method == "lora":
-        return lab_model.Miniature(base.text_encoder, merge_lora(base.unet, tensors).eval(), base.tokenizer)
+        text = merge_lora(base.text_encoder, tensors, prefix="text.") if any(
+            k.startswith("text.") for k in tensors) else base.text_encoder
+        return lab_model.Miniature(text.eval(), merge_lora(base.unet, tensors).eval(), base.tokenizer)
     if method == "ti":
         text = copy.deepcopy(base.text_encoder)
         text.token_embedding.weight.data[base.tokenizer.index[subject.token]] = tensors["emb_params"][0]
@@ -193,18 +245,31 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     shots = training_scenes(subject, seed)
     images = lab_model.to_latent(torch.from_numpy(np.stack([scenes.render(s)[0] for s in shots])))
-    captions = [s.caption() if recipe.context_in_caption else f"a {subject.token} {subject.shape}" for s in shots]
+    captions = [training_caption(s, subject, recipe.captions, i) for i, s in enumerate(shots)]
     text, unet = copy.deepcopy(base.text_encoder), copy.deepcopy(base.unet)
     text.requires_grad_(False)
     unet.requires_grad_(False)
+    if recipe.text_encoder:
+        # Dropout is 0: train() only keeps PyTorch's fused inference path, which reads the layers'
+        # weights directly and would skip the LoRA wrappers, out of the way.
+        text.train()
     token = base.tokenizer.index[subject.token]
     if method == "dreambooth":
         unet.requires_grad_(True)
         params = list(unet.parameters())
+        if recipe.text_encoder:
+            text.requires_grad_(True)
+            params += list(text.parameters())
     elif method == "lora":
         wrapped = {name: LoRALinear(layer, LORA_RANK, generator) for name, layer in lora_layers(unet).items()}
         for name, layer in wrapped.items():
             _swap(unet, name, layer)
+        if recipe.text_encoder:
+            text_wrapped = {name: LoRALinear(layer, LORA_RANK, generator)
+                            for name, layer in text_lora_layers(text).items()}
+            for name, layer in text_wrapped.items():
+                _swap(text, name, layer)
+            wrapped |= {f"text.{name}": layer for name, layer in text_wrapped.items()}
         params = [p for layer in wrapped.values() for p in (layer.down, layer.up)]
     else:
         # Start from the class word's embedding, as TI trainers do with an init word.
@@ -237,7 +302,8 @@ def train(
         loss.backward()
         optimiser.step()
     if method == "dreambooth":
-        return dict(unet.state_dict())
+        text_state = {f"text.{k}": v for k, v in text.state_dict().items()} if recipe.text_encoder else {}
+        return dict(unet.state_dict()) | text_state
     if method == "lora":
         return {f"{name}.{part}": getattr(layer, part).detach()
                 for name, layer in wrapped.items() for part in ("down", "up")}
@@ -248,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Personalise the base miniature (DreamBooth, LoRA, TI).")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--subjects", nargs="+", type=Subject.parse, default=list(SUBJECTS))
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="recipe fields to change, e.g. captions=subject text_encoder=true steps=1200")
+    parser.add_argument("--out", type=Path, help="write the models into this folder instead of lab/models")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -257,10 +326,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"note: {subject} was in the base model's training data")
         for method in args.methods:
             started = time.perf_counter()
-            tensors = train(subject, method, base)
-            save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(model_path(subject, method)))
-            print(f"{subject.token} {method}: {time.perf_counter() - started:.0f} s, {recipe_for(subject, method)}",
-                  flush=True)
+            recipe = changed(recipe_for(subject, method), args.set)
+            tensors = train(subject, method, base, recipe=recipe)
+            path = model_path(subject, method) if args.out is None else args.out / model_path(subject, method).name
+            save_file({k: v.half().contiguous() for k, v in tensors.items()}, str(path))
+            print(f"{subject.token} {method}: {time.perf_counter() - started:.0f} s, {recipe}", flush=True)
 
 
 if __name__ == "__main__":

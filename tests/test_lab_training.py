@@ -61,3 +61,51 @@ def test_min_snr_weight_caps_the_clean_steps_and_keeps_the_noisy_ones():
     torch.testing.assert_close(weight, torch.where(snr > 5, 5 / snr, torch.ones_like(snr)))
     assert weight[0] < 0.01 and weight[-1] == 1.0
     assert torch.equal(min_snr_weight(schedule, t, gamma=0.0), torch.ones(3))
+
+
+def test_training_captions_name_the_context_the_subject_alone_or_alternate():
+    subject = SUBJECTS[0]
+    shots = personalise.training_scenes(subject)
+    short = f"a {subject.token} {subject.shape}"
+    full = [personalise.training_caption(s, subject, "context", i) for i, s in enumerate(shots)]
+    assert all(c.endswith(f"on a {subject.texture} {subject.background} background") for c in full), full
+    assert all(c.startswith(short + " ") for c in full), full
+    assert [personalise.training_caption(s, subject, "subject", i) for i, s in enumerate(shots)] == [short] * 6
+    mixed = [personalise.training_caption(s, subject, "mixed", i) for i, s in enumerate(shots)]
+    assert mixed[0::2] == full[0::2] and mixed[1::2] == [short] * 3
+
+
+def test_recipe_assignments_are_read_as_their_fields_types():
+    recipe = personalise.changed(personalise.RECIPES["lora"], ["steps=1200", "lr=4e-3", "text_encoder=true",
+                                                               "captions=subject"])
+    assert (recipe.steps, recipe.lr, recipe.text_encoder, recipe.captions) == (1200, 4e-3, True, "subject")
+    assert recipe.prior_weight == personalise.RECIPES["lora"].prior_weight
+    for bad in (["text_encoder=yes"], ["nonsense=1"]):
+        try:
+            personalise.changed(recipe, bad)
+        except SystemExit:
+            continue
+        raise AssertionError(f"{bad} was accepted")
+
+
+def test_text_encoder_fine_tunes_round_trip_through_the_saved_tensors(tmp_path, monkeypatch):
+    """DreamBooth and LoRA with ``text_encoder``: the loaded model has the trained text encoder (the
+    saved tensors change its output), and without it the base's text encoder is used unchanged."""
+    from safetensors.torch import save_file
+
+    subject = SUBJECTS[0]
+    base = lab_model.load()
+    monkeypatch.setattr(personalise, "model_path", lambda s, m: tmp_path / f"{s.token}_{m}.safetensors")
+    prompt = [f"a {subject.token} {subject.shape} on a dotted gray background"]
+    before = base.encode(prompt)
+    for method in ("dreambooth", "lora"):
+        recipe = personalise.changed(personalise.RECIPES[method], ["steps=3", "lr=1e-2", "text_encoder=true"])
+        tensors = personalise.train(subject, method, base, recipe=recipe)
+        assert any(k.startswith("text.") for k in tensors), method
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(personalise.model_path(subject, method)))
+        loaded = personalise.load(subject, method, base)
+        assert not torch.allclose(loaded.encode(prompt), before, atol=1e-4), method
+        without = {k: v for k, v in tensors.items() if not k.startswith("text.")}
+        save_file({k: v.contiguous() for k, v in without.items()}, str(personalise.model_path(subject, method)))
+        assert personalise.load(subject, method, base).text_encoder is base.text_encoder, method
+    assert torch.equal(base.encode(prompt), before)  # the base model itself is never changed
