@@ -32,7 +32,8 @@ from lab.experiment import contexts, degu_settings
 from lab.sampling import sample
 from lab.subjects import SUBJECTS
 from lib_degu import mask
-from lib_degu.attention import AttentionCapture
+from lib_degu.attention import DEFAULT_DOWNSAMPLE_FACTORS, AttentionCapture
+from lib_degu.settings import DeGuSettings
 
 LAYER_CHOICES = {"factor 2": (2,), "factor 4": (4,), "factors 2+4": (2, 4)}
 FRACTIONS = (0.05, 0.15, 0.25, 0.4, 0.5, 0.75, 1.0)
@@ -123,11 +124,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("IoU    cover  layers        normalisation     blur thr  soft ema  trust")
     for r in results[:15]:
         print(f"{r[0]:.3f}  {r[1]:.3f}  {r[2]:<12}  {r[3]:<16}  {r[4]:<4g} {r[5]:<4g} {r[6]:<4g} {r[7]:<4g} {r[8]:g}")
-    current = refined_final([s[valid] for s in maps["factors 2+4"]], NORMALISATIONS["divide q98"], 1.0, 0.35, 0.1,
-                            0.5, 0.0)
-    print(f"the defaults before this measurement (factors 2+4, divide q98, blur 1, threshold 0.35, softness 0.1, "
-          f"EMA 0.5, every step): IoU {float(scoring.iou(current, regions[valid]).mean()):.3f} "
-          f"cover {float(current.mean()):.3f}")
+    defaults = DeGuSettings()
+    layers = next(name for name, factors in LAYER_CHOICES.items() if factors == DEFAULT_DOWNSAMPLE_FACTORS)
+    norm = (mask.NORMALISE_LOW_QUANTILE, mask.NORMALISE_QUANTILE)
+    for label, (layer_choice, normalisation, blur, threshold, softness, ema) in {
+        "today's defaults": (layers, norm, defaults.blur, defaults.threshold, defaults.softness, defaults.ema),
+        "the first defaults (factors 2+4, divide q98, blur 1, threshold 0.35, softness 0.1, EMA 0.5)":
+            ("factors 2+4", NORMALISATIONS["divide q98"], 1.0, 0.35, 0.1, 0.5),
+    }.items():
+        final = refined_final([s[valid] for s in maps[layer_choice]], normalisation, blur, threshold, softness,
+                              ema, 0.0)
+        print(f"{label}, every step: IoU {float(scoring.iou(final, regions[valid]).mean()):.3f} "
+              f"cover {float(final.mean()):.3f}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 What the project exists for, pinned on the quality experiment's test split (held-out contexts, its
 four seeds, the recommended subject field "sks circle" -> "circle"; the global-mix levels and the
-defaults, not the sweeps): at the defaults the attention
-mask finds the subject, and mixing identity and context guidance per pixel gives more fidelity than
-any global mix that is as editable. The balance's end points reproduce plain CFG on the prompt and
-on the generic prompt on the trained model. Floors sit below what the full experiment measures
-(README, "Does it work?"); a constant mask fails them (checked by making the attention map flat).
+defaults, not the sweeps): at the defaults the attention mask finds the subject; where the
+personalised prompt gives up context for identity (the entanglement DeGu is for), mixing identity and
+context guidance per pixel gives more fidelity than any global mix that is as editable; where it gives
+up nothing, DeGu costs no fidelity. The balance's end points reproduce plain CFG on the prompt and on
+the generic prompt on the trained model. Floors sit below what the experiment measures (README, "Does
+it work?"). Checked by breaking the mask: a flat attention map (M = 1) fails the localisation, the
+advantage and the plus-one tests; an inverted map fails the localisation tests only (any spatial mix
+beats a global one on the entangled pair: where the mask is right is what localisation pins); a mask
+scaled by 0.2 (identity guidance lost) fails all but minus-one, the no-cost test included.
 """
 
 from __future__ import annotations
@@ -23,10 +27,17 @@ from lab.sampling import sample
 from lab.subjects import SUBJECTS
 
 SEEDS = (0, 1, 2, 3)  # the experiment's seeds: these tests see its test-split figures
-LEARNED = SUBJECTS[0]  # the subject all three methods learned (lab/models/README.md)
-IOU_FLOOR = 0.3  # measured 0.39-0.48 on it; a constant mask scores the subject's share, ~0.2
-ADVANTAGE_FLOOR = 0.05  # measured mean 0.104; a constant mask is a global mix: ~0
-TI_ADVANTAGE_FLOOR = 0.1  # measured 0.27: TI is the method whose prompt gives up context
+LEARNED = SUBJECTS[0]  # localisation is pinned on the circle (the others: README, "Does it work?")
+IOU_FLOOR = 0.4  # measured 0.55-0.61 on it; a constant mask scores the subject's share, ~0.1
+AUROC_FLOOR = 0.9  # measured 0.97-0.98; a constant map ranks nothing: 0.5
+MEAN_IOU_FLOOR = 0.3  # every method x subject: measured 0.41
+# The pairs whose prompt gives up context for identity: TI taught from "a sks circle" alone paints its
+# training context back (editability 0.958 vs the generic prompt's 0.998). The other fine-tunes keep
+# the context as well as the generic prompt does (lab/models/README.md): no trade-off to win there.
+ENTANGLED = (("ti", "sks"),)
+TRADE_OFF = 0.02  # the generic prompt's editability minus the prompt's, that makes a pair entangled
+ADVANTAGE_FLOOR = 0.15  # measured 0.31 (test split, 4 seeds; 0.34 on the dev split); a constant mask: 0
+NO_COST_FLOOR = -0.05  # mean advantage where nothing is traded: measured -0.007; an inverted mask loses more
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +59,33 @@ def rows(base: lab_model.Miniature) -> dict[tuple[str, str], list[experiment.Row
     return out
 
 
-def _attention(pair: list[experiment.Row]) -> experiment.Row:
-    return next(r for r in pair if r.variant == "attention")
+def _variant(pair: list[experiment.Row], name: str) -> experiment.Row:
+    return next(r for r in pair if r.variant == name)
 
 
 @pytest.mark.parametrize("method", personalise.METHODS)
 def test_the_attention_mask_localises_a_learned_subject_at_the_defaults(rows, method):
-    attention = _attention(rows[method, LEARNED.token])
+    attention = _variant(rows[method, LEARNED.token], "attention")
     assert attention.iou >= IOU_FLOOR, attention
-    assert attention.auroc >= 0.75, attention
+    assert attention.auroc >= AUROC_FLOOR, attention
 
 
-def test_the_attention_mask_beats_the_global_mix_at_equal_editability(rows):
-    advantages = {key: experiment.advantage(pair) for key, pair in rows.items()}
-    assert statistics.fmean(advantages.values()) >= ADVANTAGE_FLOOR, advantages
-    ti = [value for (method, _), value in advantages.items() if method == "ti"]
-    assert statistics.fmean(ti) >= TI_ADVANTAGE_FLOOR, advantages
+def test_the_attention_mask_localises_every_subject_on_average(rows):
+    ious = {key: _variant(pair, "attention").iou for key, pair in rows.items()}
+    assert statistics.fmean(ious.values()) >= MEAN_IOU_FLOOR, ious
+
+
+@pytest.mark.parametrize(("method", "token"), ENTANGLED)
+def test_where_the_prompt_gives_up_context_the_attention_mask_beats_the_global_mix(rows, method, token):
+    pair = rows[method, token]
+    prompt, generic = _variant(pair, "prompt"), _variant(pair, "generic")
+    assert generic.editability - prompt.editability >= TRADE_OFF, (prompt, generic)  # the model still entangles
+    assert experiment.advantage(pair) >= ADVANTAGE_FLOOR, pair
+
+
+def test_where_nothing_is_traded_the_attention_mask_costs_no_fidelity(rows):
+    advantages = {key: experiment.advantage(pair) for key, pair in rows.items() if key not in ENTANGLED}
+    assert statistics.fmean(advantages.values()) >= NO_COST_FLOOR, advantages
 
 
 @pytest.mark.parametrize(("balance", "generic"), [(1.0, False), (-1.0, True)], ids=["plus-one", "minus-one"])
