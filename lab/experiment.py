@@ -261,7 +261,9 @@ def plot(rows: Sequence[Row], path: Path) -> None:
         axes.annotate(text, point(name), textcoords="offset points", xytext=(6, 6), fontsize=8)
     axes.set_xlabel("editability (context as prompted)")
     axes.set_ylabel("fidelity (subject's appearance)")
-    axes.set_title("Held-out contexts, mean over methods x subjects")
+    pairs = sorted({(r.method, r.subject) for r in rows})
+    over = f"{pairs[0][0]} {pairs[0][1]}" if len(pairs) == 1 else "mean over methods x subjects"
+    axes.set_title(f"Held-out contexts, {over}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
