@@ -55,7 +55,8 @@ class Recipe:
     # How the six images are captioned: "context" names it ("a sks circle on a checkered teal
     # background"); "subject" names the subject alone, as DreamBooth users do ("a photo of sks dog"),
     # so the token absorbs the context and, asked for a new one, the model paints the training one
-    # back (the paper's entanglement); "mixed" alternates the two.
+    # back (the paper's entanglement); "mixed" alternates the two; "colour" names the background's
+    # colour and leaves its texture out.
     captions: str = "context"
     min_snr: float = 0.0  # Min-SNR-gamma loss weighting (lab.train_base), 0: plain MSE
     # Share of the prior batch that is DreamBooth's "class images": the class word alone ("a circle
@@ -129,6 +130,8 @@ def training_caption(scene: scenes.Scene, subject: Subject, mode: str, index: in
         return scene.caption()
     if mode in ("subject", "mixed"):
         return f"a {subject.token} {subject.shape}"
+    if mode == "colour":  # the background's colour named, its texture left for the token to absorb
+        return f"a {subject.token} {subject.shape} on a {scene.background} background"
     raise ValueError(f"unknown caption mode {mode!r}")
 
 

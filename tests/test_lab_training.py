@@ -63,7 +63,7 @@ def test_min_snr_weight_caps_the_clean_steps_and_keeps_the_noisy_ones():
     assert torch.equal(min_snr_weight(schedule, t, gamma=0.0), torch.ones(3))
 
 
-def test_training_captions_name_the_context_the_subject_alone_or_alternate():
+def test_training_captions_name_the_context_the_subject_alone_alternate_or_name_the_colour():
     subject = SUBJECTS[0]
     shots = personalise.training_scenes(subject)
     short = f"a {subject.token} {subject.shape}"
@@ -73,6 +73,8 @@ def test_training_captions_name_the_context_the_subject_alone_or_alternate():
     assert [personalise.training_caption(s, subject, "subject", i) for i, s in enumerate(shots)] == [short] * 6
     mixed = [personalise.training_caption(s, subject, "mixed", i) for i, s in enumerate(shots)]
     assert mixed[0::2] == full[0::2] and mixed[1::2] == [short] * 3
+    colour = [personalise.training_caption(s, subject, "colour", i) for i, s in enumerate(shots)]
+    assert colour == [f"{short} on a {subject.background} background"] * 6
 
 
 def test_recipe_assignments_are_read_as_their_fields_types():
