@@ -1,16 +1,16 @@
 """DeGu on models that have learned where things are (the committed miniatures in lab/models).
 
 What the project exists for, pinned on the quality experiment's test split (held-out contexts, its
-four seeds, the recommended subject field "sks circle" -> "circle"; the global-mix levels and the
-defaults, not the sweeps): at the defaults the attention mask finds the subject; where the
-personalised prompt gives up context for identity (the entanglement DeGu is for), mixing identity and
-context guidance per pixel gives more fidelity than any global mix that is as editable; where it gives
-up nothing, DeGu costs no fidelity. The balance's end points reproduce plain CFG on the prompt and on
-the generic prompt on the trained model. Floors sit below what the experiment measures (README, "Does
-it work?"). Checked by breaking the mask: a flat attention map (M = 1) fails the localisation, the
-advantage and the plus-one tests; an inverted map fails the localisation tests only (any spatial mix
-beats a global one on the entangled pair: where the mask is right is what localisation pins); a mask
-scaled by 0.2 (identity guidance lost) fails all but minus-one, the no-cost test included.
+four seeds, twelve for the entangled pair; the recommended subject field "sks circle" -> "circle";
+the global-mix levels and the defaults, not the sweeps): at the defaults the attention mask finds the
+subject; where the personalised prompt gives up context for identity (the entanglement DeGu is for),
+mixing identity and context guidance per pixel gives more fidelity than any global mix that is as
+editable; elsewhere DeGu costs no fidelity. The balance's end points reproduce plain CFG on the prompt
+and on the generic prompt on the trained model. Floors sit below what the experiment measures
+(README, "Does it work?"). Checked by breaking the mask: a flat attention map (M = 1) fails the
+localisation, advantage and plus-one tests; the map inverted fails the localisation and advantage
+tests; a mask scaled by 0.2 (identity guidance lost) fails all but minus-one, the no-cost test
+included.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ LEARNED = SUBJECTS[0]  # localisation is pinned on the circle (the others: READM
 IOU_FLOOR = 0.4  # measured 0.55-0.61 on it; a constant mask scores the subject's share, ~0.1
 AUROC_FLOOR = 0.9  # measured 0.97-0.98; a constant map ranks nothing: 0.5
 MEAN_IOU_FLOOR = 0.3  # every method x subject: measured 0.41
-# The pairs whose prompt gives up context for identity: TI taught from "a sks circle" alone paints its
-# training context back (editability 0.958 vs the generic prompt's 0.998). The other fine-tunes keep
-# the context as well as the generic prompt does (lab/models/README.md): no trade-off to win there.
+# The pair whose prompt clearly gives up context for identity: TI taught from "a sks circle" alone
+# paints its training context back (lab/models/README.md). Four seeds cannot tell where a mask is
+# right there (an inverted map scored 0.3), twelve can: it runs on the experiment's 12 seeds.
 ENTANGLED = (("ti", "sks"),)
-TRADE_OFF = 0.01  # the generic prompt's editability minus the prompt's: 0.040 on these seeds, 0.012 on 12
-ADVANTAGE_FLOOR = 0.08  # measured 0.31 on these seeds, 0.10 over 12 seeds, 0.34 dev; a flat map: 0
+ENTANGLED_SEEDS = tuple(range(12))
+# Measured 0.102 (fidelity 0.311 vs the as-editable global mix's 0.210); the same mask inverted -0.018,
+# rolled by half the image -0.017, flat 0.
+ADVANTAGE_FLOOR = 0.05
 NO_COST_FLOOR = -0.05  # mean advantage where nothing is traded: measured -0.007; an inverted mask loses more
 
 
@@ -51,9 +53,10 @@ def rows(base: lab_model.Miniature) -> dict[tuple[str, str], list[experiment.Row
     judge = lab_judge.load()
     out = {}
     for subject in SUBJECTS:
-        cases = [(c, s) for c in experiment.contexts(subject, "test") for s in SEEDS]
         for method in personalise.METHODS:
             model = personalise.load(subject, method, base)
+            seeds = ENTANGLED_SEEDS if (method, subject.token) in ENTANGLED else SEEDS
+            cases = [(c, s) for c in experiment.contexts(subject, "test") for s in seeds]
             out[method, subject.token] = experiment.run_pair(
                 model, judge, method, subject, cases, sweep=False, phrase=True)
     return out
@@ -79,7 +82,7 @@ def test_the_attention_mask_localises_every_subject_on_average(rows):
 def test_where_the_prompt_gives_up_context_the_attention_mask_beats_the_global_mix(rows, method, token):
     pair = rows[method, token]
     prompt, generic = _variant(pair, "prompt"), _variant(pair, "generic")
-    assert generic.editability - prompt.editability >= TRADE_OFF, (prompt, generic)  # the model still entangles
+    assert prompt.editability < generic.editability, (prompt, generic)  # the model still gives up context
     assert experiment.advantage(pair) >= ADVANTAGE_FLOOR, pair
 
 
