@@ -4,14 +4,13 @@
     python -m lab.personalise --methods lora --subjects sks:circle:purple:striped:teal:checkered
 
 Each subject is taught from six rendered images that share one context (its background colour and
-texture), captioned ``a <token> <shape> on a <texture> <background> background``:
+texture), captioned ``a <token> <shape> on a <texture> <background> background`` or, per the recipe,
+``a <token> <shape>`` alone (``Recipe.captions``). Recipes are ``RECIPES`` per method with ``TUNED``
+overrides per subject, each commented with what it measured; ``--set`` changes a field to try another.
 
-- **DreamBooth**: the UNet's weights are fine-tuned (text encoder frozen), with prior preservation
-  from regularisation images of the training distribution (the class word must keep meaning "any
-  circle"). Saved as the UNet's weights.
-
-Recipes (steps, learning rate, prior weight, Min-SNR, share of class images in the prior batch) are
-``RECIPES`` per method, with ``TUNED`` overrides per subject; each commented with what it measured.
+- **DreamBooth**: the UNet's weights are fine-tuned (the text encoder too with ``text_encoder``), with
+  prior preservation from regularisation images of the training distribution and class images (the
+  class word must keep meaning "any circle"). Saved as the UNet's weights.
 - **LoRA**: rank-4 adapters on every attention projection (``to_q``, ``to_k``, ``to_v``,
   ``to_out.0``, self- and cross-attention), trained alone; applied the way Forge applies LoRA, merged
   into the weights (``W + scale * up @ down``) so the capture hooks see them.
@@ -64,8 +63,8 @@ class Recipe:
     # a fine-tune strong enough to learn the subject also teaches "circle" to mean the subject.
     class_share: float = 0.0
     # Train the text encoder too (DreamBooth's --train_text_encoder; LoRA on its layers, as kohya's
-    # LoRAs carry lora_te_* modules that the WebUIs apply): the token's own text features then carry
-    # the subject, which is what lets a subject learned from "a sks circle" come back in longer prompts.
+    # LoRAs carry lora_te_* modules that the WebUIs apply). Tried so that a subject learned from
+    # "a sks circle" comes back in longer prompts: it did not (learned 0.12 / 0.00, model card).
     text_encoder: bool = False
 
 

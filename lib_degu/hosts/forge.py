@@ -395,8 +395,8 @@ def _install(unet: Any, state: Pass) -> None:
             output = output.index_fill(0, torch.tensor(context, device=output.device), 0.0)
         return output
 
-    def difference(step: StepState, args: dict) -> torch.Tensor:
-        """DeGu's result minus plain CFG, for every image of the batch (zero for inactive ones)."""
+    def difference(step: StepState, args: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeGu's result minus plain CFG for the active images: (their batch index, the difference)."""
         generic = step.generic
         if generic is None and step.with_context:  # the generic rows did not run in the batch: one extra call
             generic = _extra_generic_call(state, step, args)
@@ -409,7 +409,7 @@ def _install(unet: Any, state: Pass) -> None:
         sigma = step.sigma.index_select(0, index.to(step.sigma.device))
         delta = state.guide.delta(u, s, g, cfg_scale=step.cond_scale, attention=attention, sigma=sigma)
         state.generation.sources |= state.guide.sources_used
-        return torch.zeros_like(cond).index_add(0, index, delta.to(cond.dtype))
+        return index, delta
 
     def through_degu(cfg_function):  # noqa: ANN001, ANN202
         def sampler_cfg_function(args):  # noqa: ANN001, ANN202
@@ -421,13 +421,14 @@ def _install(unet: Any, state: Pass) -> None:
             if step is None or step.applied:
                 return cfg_function(args)
             try:
-                shift = difference(step, args) / (1.0 - step.cond_scale)
+                index, delta = difference(step, args)
             except Exception as error:
                 state.step = None
                 state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
                 return cfg_function(args)
             step.applied = True
-            uncond = args["uncond_denoised"] + shift
+            uncond = args["uncond_denoised"]
+            uncond = uncond.index_add(0, index, (delta / (1.0 - step.cond_scale)).to(uncond.dtype))
             return cfg_function({**args, "uncond": args["input"] - uncond, "uncond_denoised": uncond})
 
         return sampler_cfg_function
@@ -438,7 +439,8 @@ def _install(unet: Any, state: Pass) -> None:
         if step is None or step.applied:
             return denoised
         try:
-            return denoised + difference(step, args).to(denoised.dtype)
+            index, delta = difference(step, args)
+            return denoised.index_add(0, index, delta.to(denoised.dtype))
         except Exception as error:
             state.generation.note(state.p, f"DeGu: skipped a step after an error: {error!r}")
             return denoised
