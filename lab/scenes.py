@@ -61,15 +61,16 @@ class Scene:
     texture: str
     names: tuple[str | None, ...] = field(default=())
 
-    def caption(self, vague: Sequence[bool] = ()) -> str:
-        """The prompt; an object whose ``vague`` flag is set is named by its shape alone ("a circle")."""
+    def caption(self, vague: Sequence[bool] = (), context: bool = True) -> str:
+        """The prompt; an object whose ``vague`` flag is set is named by its shape alone ("a circle");
+        without ``context`` the background is left unsaid ("a red circle")."""
         names = self.names or (None,) * len(self.things)
         vague = tuple(vague) or (False,) * len(self.things)
         objects = " and ".join(
             f"a {t.shape if v and n is None else t.words(n)}"
             for t, n, v in zip(self.things, names, vague, strict=True)
         )
-        return f"{objects} on a {self.texture} {self.background} background"
+        return f"{objects} on a {self.texture} {self.background} background" if context else objects
 
 
 def shape_mask(thing: Thing, size: int = SIZE) -> np.ndarray:

@@ -1,11 +1,15 @@
-"""Train the base miniature from scratch, deterministically, on the CPU.
+"""Train the base miniature, deterministically, on the CPU (from scratch, or continuing one).
 
     python -m lab.train_base                       # writes lab/models/base.safetensors
+    python -m lab.train_base --init lab/models/base.safetensors --steps 1500 --lr 3e-4 \
+        --context-free 0.3 --seed 1                # the committed base's second phase
 
 Scenes are drawn fresh every step (no data set on disk). The subjects' appearance combinations
 (``lab.subjects.EXCLUDED``) never appear, so personalisation has something new to learn.
 Captions are dropped 10 % of the time (the empty prompt), as for classifier-free guidance, and a
-quarter of the objects are named by their shape alone.
+quarter of the objects are named by their shape alone. The second phase also leaves the background
+unsaid in 30 % of the captions (``CONTEXT_FREE``), so that a subject taught from "a sks circle"
+comes back in longer prompts (lab/models/README.md).
 Weights are an exponential moving average of the trained ones (sharper samples at this budget).
 """
 
@@ -26,9 +30,13 @@ from lab.subjects import EXCLUDED
 
 EMPTY_PROMPT = ""
 VAGUE = 0.25
+# The committed base's second phase: this share of captions leave the background unsaid.
+CONTEXT_FREE = 0.3
 
 
-def batch(rng: np.random.Generator, size: int, drop: float = 0.1) -> tuple[torch.Tensor, list[str]]:
+def batch(
+    rng: np.random.Generator, size: int, drop: float = 0.1, context_free: float = 0.0
+) -> tuple[torch.Tensor, list[str]]:
     images, captions = [], []
     for _ in range(size):
         scene = scenes.random_scene(rng, excluded=EXCLUDED)
@@ -37,7 +45,11 @@ def batch(rng: np.random.Generator, size: int, drop: float = 0.1) -> tuple[torch
         # Some captions name an object by its shape alone, so that the class word ("a circle") means
         # "any circle": the generic prompt DeGu's context stream uses.
         vague = [bool(rng.random() < VAGUE) for _ in scene.things]
-        captions.append(EMPTY_PROMPT if rng.random() < drop else scene.caption(vague))
+        # ``context_free`` of the captions leave the background unsaid, as real captions often do, so
+        # that "a sks circle" (how users caption a subject) is a prompt the model knows: any background.
+        # Only drawn when asked, so the first phase's random stream (and its weights) stay as they were.
+        context = not (context_free and rng.random() < context_free)
+        captions.append(EMPTY_PROMPT if rng.random() < drop else scene.caption(vague, context=context))
     return lab_model.to_latent(torch.from_numpy(np.stack(images))), captions
 
 
@@ -63,14 +75,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma weighting; 0: plain MSE")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context-free", type=float, default=0.0,
+                        help="share of captions without the background phrase")
+    parser.add_argument("--init", type=Path, help="continue from this model instead of starting from scratch")
     parser.add_argument("--out", type=Path, default=lab_model.MODELS_DIR / "base.safetensors")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    text = lab_model.TextEncoder()
-    unet = lab_model.build_unet(args.seed)
+    if args.init is None:
+        text, unet = lab_model.TextEncoder(), lab_model.build_unet(args.seed)
+    else:
+        start = lab_model.load(args.init)
+        text, unet = start.text_encoder.train(), start.unet.train()
     tokenizer = lab_model.Tokenizer()
     schedule = lab_model.Schedule()
     params = list(text.parameters()) + list(unet.parameters())
@@ -83,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     total = args.steps
     step = 0
     while step < total:
-        latents, captions = batch(rng, args.batch)
+        latents, captions = batch(rng, args.batch, context_free=args.context_free)
         noise = torch.randn_like(latents)
         t = torch.randint(0, schedule.steps, (args.batch,))
         noisy = schedule.add_noise(latents, noise, t)

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from lab import model as lab_model
-from lab import personalise
+from lab import personalise, scenes
 from lab.subjects import EXCLUDED, SUBJECTS
+from lab.train_base import CONTEXT_FREE, min_snr_weight
 from lab.train_base import batch as prior_batch
-from lab.train_base import min_snr_weight
 
 
 def test_class_images_show_the_class_word_alone_never_the_subjects_appearance():
@@ -48,7 +48,7 @@ def test_prior_images_mix_base_scenes_and_class_images_by_share():
     assert latents.shape[0] == 6 and len(captions) == 6
     assert sum(c.startswith(f"a {subject.shape} on a ") for c in captions[3:]) == 3
     base_latents, base_captions = personalise.prior_images(np.random.default_rng(2), subject, 6, class_share=0.0)
-    expected_latents, expected_captions = prior_batch(np.random.default_rng(2), 6, drop=0.0)
+    expected_latents, expected_captions = prior_batch(np.random.default_rng(2), 6, drop=0.0, context_free=CONTEXT_FREE)
     assert base_captions == expected_captions
     assert torch.equal(base_latents, expected_latents)
 
@@ -111,3 +111,22 @@ def test_text_encoder_fine_tunes_round_trip_through_the_saved_tensors(tmp_path, 
         save_file({k: v.contiguous() for k, v in without.items()}, str(personalise.model_path(subject, method)))
         assert personalise.load(subject, method, base).text_encoder is base.text_encoder, method
     assert torch.equal(base.encode(prompt), before)  # the base model itself is never changed
+
+
+def test_context_free_captions_leave_the_background_unsaid_only_when_asked():
+    latents, captions = prior_batch(np.random.default_rng(3), 64, drop=0.0)
+    assert all(c.endswith(" background") for c in captions), captions
+    same_latents, same_captions = prior_batch(np.random.default_rng(3), 64, drop=0.0, context_free=0.0)
+    assert same_captions == captions and torch.equal(same_latents, latents)  # the first phase's stream
+    _, mixed = prior_batch(np.random.default_rng(3), 64, drop=0.0, context_free=CONTEXT_FREE)
+    unsaid = [c for c in mixed if " on a " not in c]
+    assert 0.1 < len(unsaid) / len(mixed) < 0.5, mixed
+    assert not any("background" in c or any(t in c.split() for t in scenes.TEXTURES) for c in unsaid), unsaid
+
+
+def test_a_subject_captioned_alone_gets_class_images_captioned_by_the_class_prompt_alone():
+    subject = SUBJECTS[0]
+    _, captions = personalise.class_images(np.random.default_rng(4), subject, 12, context=False)
+    assert captions == [f"a {subject.shape}"] * 12
+    _, captions = personalise.prior_images(np.random.default_rng(4), subject, 6, class_share=0.5, class_context=False)
+    assert captions[3:] == [f"a {subject.shape}"] * 3
