@@ -1,16 +1,16 @@
 """DeGu on models that have learned where things are (the committed miniatures in lab/models).
 
 What the project exists for, pinned on the quality experiment's test split (held-out contexts, its
-four seeds, twelve for the entangled pair; the recommended subject field "sks circle" -> "circle";
+four seeds, twelve for the entangled pairs; the recommended subject field "sks circle" -> "circle";
 the global-mix levels and the defaults, not the sweeps): at the defaults the attention mask finds the
 subject; where the personalised prompt gives up context for identity (the entanglement DeGu is for),
 mixing identity and context guidance per pixel gives more fidelity than any global mix that is as
-editable; elsewhere DeGu costs no fidelity. The balance's end points reproduce plain CFG on the prompt
+editable; elsewhere DeGu costs little fidelity on average. The balance's end points reproduce plain CFG on the prompt
 and on the generic prompt on the trained model. Floors sit below what the experiment measures
-(README, "Does it work?"). Checked by breaking the mask: a flat attention map (M = 1) fails the
-localisation, advantage and plus-one tests; the map inverted fails the localisation and advantage
-tests; a mask scaled by 0.2 (identity guidance lost) fails all but minus-one, the no-cost test
-included.
+(README, "Does it work?"). Checked by breaking the mask in ``Guide.make_mask``: a flat attention map
+(M = 1) fails the localisation tests (IoU 0.12-0.15), both advantage tests (0.0) and plus-one; the
+map inverted fails the localisation tests (IoU 0.03-0.04), the advantage tests (-0.18, -0.14) and
+the no-cost test (-0.10).
 """
 
 from __future__ import annotations
@@ -28,18 +28,21 @@ from lab.subjects import SUBJECTS
 
 SEEDS = (0, 1, 2, 3)  # the experiment's seeds: these tests see its test-split figures
 LEARNED = SUBJECTS[0]  # localisation is pinned on the circle (the others: README, "Does it work?")
-IOU_FLOOR = 0.4  # measured 0.55-0.61 on it; a constant mask scores the subject's share, ~0.1
-AUROC_FLOOR = 0.9  # measured 0.97-0.98; a constant map ranks nothing: 0.5
-MEAN_IOU_FLOOR = 0.3  # every method x subject: measured 0.41
-# The pair whose prompt clearly gives up context for identity: TI taught from "a sks circle" alone
-# paints its training context back (lab/models/README.md). Four seeds cannot tell where a mask is
-# right there (an inverted map scored 0.3), twelve can: it runs on the experiment's 12 seeds.
-ENTANGLED = (("ti", "sks"),)
+IOU_FLOOR = 0.4  # measured 0.55-0.61 on it (0.51-0.59 on 12 seeds); a constant mask scores the subject's share, ~0.1
+AUROC_FLOOR = 0.9  # measured 0.96-0.98; a constant map ranks nothing: 0.5
+MEAN_IOU_FLOOR = 0.3  # every method x subject: measured 0.43
+# Pairs whose prompt clearly gives up context for identity (lab/models/README.md): asked for a second
+# object, DreamBooth zkw draws it 0.25 of the time (the generic prompt 0.67), TI ohwx 0.63 (0.75).
+# Four seeds cannot tell where a mask is right (an inverted map once scored 0.3 there), twelve can:
+# they run on the experiment's 12 seeds.
+# LoRA's pairs give up context too, but a global mix takes it back as well as DeGu does (advantage
+# +0.003 / +0.009, README): no LoRA pair is pinned.
+ENTANGLED = (("dreambooth", "zkw"), ("ti", "ohwx"))
 ENTANGLED_SEEDS = tuple(range(12))
-# Measured 0.102 (fidelity 0.311 vs the as-editable global mix's 0.210); the same mask inverted -0.018,
-# rolled by half the image -0.017, flat 0.
-ADVANTAGE_FLOOR = 0.05
-NO_COST_FLOOR = -0.05  # mean advantage where nothing is traded: measured -0.007; an inverted mask loses more
+# Measured 0.105 and 0.083 on 12 seeds (fidelity 0.503 vs 0.398 for the as-editable global mix, and
+# 0.457 vs 0.374); a flat map gives 0.
+ADVANTAGE_FLOOR = 0.04
+NO_COST_FLOOR = -0.05  # mean advantage of the other seven: measured +0.040 (+0.001 on 12 seeds)
 
 
 @pytest.fixture(scope="module")
