@@ -14,6 +14,9 @@ is scored by the judge (``lab.scoring``):
                subject-agnostic guidance and dual CFG give; M = 1 is ``prompt``, M = 0 ``generic``
 - ``difference`` / ``attention``  DeGu's spatial masks at the defaults; ``attention b=..`` sweeps
                the balance, ``attention id=..`` the identity scale
+- ``oracle region``  DeGu at the defaults with the subject's region (the judge's reading of the
+               ``attention`` variant's images) as the mask at every step: what a perfect mask would
+               give, the ceiling for any mask estimate (``--no-oracle`` leaves it out)
 
 The table gives mean fidelity, editability and mask IoU/AUROC (against the subject's region in the
 image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
@@ -45,6 +48,7 @@ GLOBAL_LEVELS = (0.75, 0.5, 0.25)
 BALANCE_SWEEP = (-0.5, -0.25, 0.25, 0.5)
 IDENTITY_SWEEP = (1.5,)
 STEP_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+ORACLE = "oracle region"
 
 
 def contexts(subject: Subject, split: str) -> list[Context]:
@@ -97,10 +101,12 @@ def run_variant(
     *,
     generic_prompt: bool = False,
     eta: float = ETA,
+    fixed_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     words = subject.shape if generic_prompt else f"{subject.token} {subject.shape}"
     prompts = [context.prompt(words) for context, _ in cases]
-    result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=settings is not None, eta=eta)
+    result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=settings is not None, eta=eta,
+                    fixed_mask=fixed_mask)
     reading = lab_judge.read(judge, result.images)
     return {
         "fidelity": scoring.fidelity(reading, subject),
@@ -161,12 +167,13 @@ def advantage(rows: Sequence[Row], variant: str = "attention") -> float:
 def run_pair(
     model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
     cases: Sequence[tuple[Context, int]], *, sweep: bool = True, overrides: Mapping[str, object] | None = None,
-    phrase: bool = False, refresh: Sequence[int] = (), eta: float = ETA,
+    phrase: bool = False, refresh: Sequence[int] = (), eta: float = ETA, oracle: bool = True,
 ) -> list[Row]:
     """Every variant for one personalised model. ``overrides`` replace DeGu's defaults (mask settings
     to try) in the DeGu variants, under the variant's own changes. ``phrase``: the subject field holds
     the token and the class word ("sks circle" -> "circle"): the same generic prompt, and the mask
-    reads the attention of both words."""
+    reads the attention of both words. ``oracle``: also DeGu with the subject's judged region in the
+    attention variant's images as the mask at every step (``ORACLE``): what a perfect mask gives."""
 
     words = {"subject": f"{subject.token} {subject.shape}", "generic": subject.shape} if phrase else {}
 
@@ -187,11 +194,15 @@ def run_pair(
     # N = 1 first: the baseline the others are compared with.
     refresh = sorted({1, *refresh}) if refresh else []
     variants += [(f"attention refresh={n}", degu(context_refresh=n), False) for n in refresh]
-    return [
-        summarise(method, subject, name,
-                  run_variant(model, judge, subject, cases, settings, generic_prompt=generic, eta=eta))
-        for name, settings, generic in variants
-    ]
+    rows = []
+    for name, settings, generic in variants:
+        out = run_variant(model, judge, subject, cases, settings, generic_prompt=generic, eta=eta)
+        rows.append(summarise(method, subject, name, out))
+        if name == "attention" and oracle:
+            region = out["region"][:, None].float()
+            rows.append(summarise(method, subject, ORACLE, run_variant(
+                model, judge, subject, cases, settings, eta=eta, fixed_mask=region)))
+    return rows
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -278,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--split", choices=("dev", "test", "all"), default="test")
     parser.add_argument("--no-sweep", action="store_true", help="only the global curve and the defaults")
+    parser.add_argument("--no-oracle", action="store_true", help="leave out the oracle-region variant")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                         help="DeGu settings to use instead of the defaults, e.g. threshold=0.6 ema=0")
     parser.add_argument("--phrase", action="store_true",
@@ -302,12 +314,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for method in args.methods:
             pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
                             sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase, refresh=args.refresh,
-                            eta=args.eta)
+                            eta=args.eta, oracle=not args.no_oracle)
             rows += pair
             advantages.append(advantage(pair))
             attention = next(r for r in pair if r.variant == "attention")
+            oracle = f"  oracle region {advantage(pair, ORACLE):+.3f}" if any(r.variant == ORACLE for r in pair) else ""
             print(f"{method:<10} {subject.token:<5} advantage {advantages[-1]:+.3f}  IoU {attention.iou:.3f}  "
-                  f"coverage {attention.coverage:.2f}", flush=True)
+                  f"coverage {attention.coverage:.2f}{oracle}", flush=True)
     print()
     print(table(rows))
     if args.refresh:

@@ -37,6 +37,20 @@ class Result:
     model_rows: int = 0  # image rows the UNet evaluated, summed over steps (the cost)
 
 
+@dataclass
+class FixedMaskGuide(Guide):
+    """DeGu as users run it, but with a given mask (B, 1, 16, 16) at every step instead of the one it
+    estimates: the experiment's *oracle*, what a perfect mask would give."""
+
+    fixed: torch.Tensor | None = None
+
+    def make_mask(
+        self, s: torch.Tensor, g: torch.Tensor, attention: torch.Tensor | None
+    ) -> tuple[torch.Tensor, str]:
+        assert self.fixed is not None
+        return self.fixed.to(device=s.device, dtype=torch.float32), "fixed"
+
+
 def timesteps(steps: int, schedule: Schedule) -> list[int]:
     return torch.linspace(schedule.steps - 1, 0, steps).round().long().tolist()
 
@@ -62,8 +76,10 @@ def sample(
     keep_streams: bool = False,
     eta: float = ETA,
     probes: Sequence[AttentionCapture] = (),
+    fixed_mask: torch.Tensor | None = None,
 ) -> Result:
-    """Plain CFG when ``settings`` is None or disabled, else DeGu with those settings.
+    """Plain CFG when ``settings`` is None or disabled, else DeGu with those settings (and, given
+    ``fixed_mask``, that mask at every step: ``FixedMaskGuide``).
 
     ``probes``: extra captures (other layer choices) read on the identity rows at every step, for
     measuring maps DeGu did not use; they must be entered by the caller.
@@ -80,7 +96,7 @@ def sample(
         rows += [make_generic_prompt(p, settings.subject, settings.generic) for p in prompts]
         positions = [model.tokenizer.positions(p, settings.subject) for p in prompts]
         indicator = token_indicator(positions, CONTEXT_LENGTH)
-        guide = Guide(settings)
+        guide = Guide(settings) if fixed_mask is None else FixedMaskGuide(settings, fixed=fixed_mask)
         capture = AttentionCapture(model.unet)
     rows += [negative] * batch
     context = model.encode(rows)

@@ -61,7 +61,7 @@ def rows(base: lab_model.Miniature) -> dict[tuple[str, str], list[experiment.Row
             seeds = ENTANGLED_SEEDS if (method, subject.token) in ENTANGLED else SEEDS
             cases = [(c, s) for c in experiment.contexts(subject, "test") for s in seeds]
             out[method, subject.token] = experiment.run_pair(
-                model, judge, method, subject, cases, sweep=False, phrase=True)
+                model, judge, method, subject, cases, sweep=False, phrase=True, oracle=False)
     return out
 
 
@@ -107,3 +107,19 @@ def test_balance_end_points_are_plain_cfg_on_the_prompt_and_the_generic_prompt(b
     # At balance 0 the trained model's mask is neither end point.
     middle = sample(model, prompts, seeds, experiment.degu_settings(LEARNED)).images
     assert (middle - plain).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("value", [1.0, 0.0], ids=["ones", "zeros"])
+def test_the_oracle_mask_is_used_at_every_step(base, value):
+    """The experiment's oracle variant: DeGu with a given mask; 1 is plain CFG on the prompt, 0 on the
+    generic prompt (context stream run every step, so nothing stored stands in for it)."""
+    model = personalise.load(LEARNED, "ti", base)
+    contexts = experiment.contexts(LEARNED, "test")[:2]
+    seeds = [0, 1]
+    prompts = [c.prompt(f"{LEARNED.token} {LEARNED.shape}") for c in contexts]
+    plain = sample(model, prompts if value else [c.prompt(LEARNED.shape) for c in contexts], seeds).images
+    fixed = torch.full((2, 1, lab_model.LATENT_SIZE, lab_model.LATENT_SIZE), value)
+    settings = experiment.degu_settings(LEARNED, context_refresh=1)
+    result = sample(model, prompts, seeds, settings, keep_maps=True, fixed_mask=fixed)
+    assert len(result.masks) > 1 and all(torch.equal(m, fixed) for m in result.masks)
+    torch.testing.assert_close(result.images, plain, atol=1e-5, rtol=0)
