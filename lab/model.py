@@ -85,6 +85,7 @@ class TextEncoder(nn.Module):
 LATENT_FOLD = 2
 LATENT_CHANNELS = 3 * LATENT_FOLD**2
 LATENT_SIZE = scenes.SIZE // LATENT_FOLD
+LEVEL_CHANNELS = (32, 64, 64)
 
 
 def to_latent(images: torch.Tensor) -> torch.Tensor:
@@ -96,16 +97,22 @@ def to_image(latents: torch.Tensor) -> torch.Tensor:
     return F.pixel_shuffle(latents, LATENT_FOLD)
 
 
-def build_unet(seed: int = 0) -> UNet2DConditionModel:
+def build_unet(seed: int = 0, attention_from_level: int = 1) -> UNet2DConditionModel:
+    """The UNet; cross-attention on the levels from ``attention_from_level`` down (0: 16x16, 1: 8x8,
+    2: 4x4). The committed models use 1; 0 adds cross-attention at the latent's own size, the finer map
+    the mask could read (README, "What limits this lab")."""
     torch.manual_seed(seed)
+    levels = range(len(LEVEL_CHANNELS))
+    down = tuple("CrossAttnDownBlock2D" if i >= attention_from_level else "DownBlock2D" for i in levels)
+    up = tuple("CrossAttnUpBlock2D" if i >= attention_from_level else "UpBlock2D" for i in reversed(levels))
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         layers_per_block=1,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=LEVEL_CHANNELS,
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=WIDTH,
         attention_head_dim=4,
         norm_num_groups=8,
@@ -155,7 +162,9 @@ def load(path: Path = MODELS_DIR / "base.safetensors") -> Miniature:
     tensors = {k: v.float() for k, v in load_file(str(path)).items()}
     text = TextEncoder()
     text.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("text.")})
-    unet = build_unet()
+    # A model trained with cross-attention at the 16x16 level carries its weights under down_blocks.0.
+    finest = any(k.startswith("unet.down_blocks.0.attentions.") for k in tensors)
+    unet = build_unet(attention_from_level=0 if finest else 1)
     unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
     return Miniature(text, unet, Tokenizer()).eval()
 

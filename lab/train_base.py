@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context-free", type=float, default=0.0,
                         help="share of captions without the background phrase")
+    parser.add_argument("--attention-from-level", type=int, default=1,
+                        help="cross-attention on this level and coarser (0: also at 16x16; the committed base: 1)")
     parser.add_argument("--init", type=Path, help="continue from this model instead of starting from scratch")
     parser.add_argument("--out", type=Path, default=lab_model.MODELS_DIR / "base.safetensors")
     args = parser.parse_args(argv)
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     if args.init is None:
-        text, unet = lab_model.TextEncoder(), lab_model.build_unet(args.seed)
+        text, unet = lab_model.TextEncoder(), lab_model.build_unet(args.seed, args.attention_from_level)
     else:
         start = lab_model.load(args.init)
         text, unet = start.text_encoder.train(), start.unet.train()

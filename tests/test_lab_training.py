@@ -130,3 +130,22 @@ def test_a_subject_captioned_alone_gets_class_images_captioned_by_the_class_prom
     assert captions == [f"a {subject.shape}"] * 12
     _, captions = personalise.prior_images(np.random.default_rng(4), subject, 6, class_share=0.5, class_context=False)
     assert captions[3:] == [f"a {subject.shape}"] * 3
+
+
+def test_a_base_with_cross_attention_at_the_latents_own_size_loads_back_and_gives_16x16_maps(tmp_path):
+    from lab import localise
+    from lab.sampling import sample
+    from lib_degu.attention import AttentionCapture
+    from lib_degu.settings import DeGuSettings
+
+    finer = lab_model.Miniature(lab_model.TextEncoder(), lab_model.build_unet(0, attention_from_level=0),
+                                lab_model.Tokenizer())
+    lab_model.save(finer, tmp_path / "finer.safetensors")
+    loaded = lab_model.load(tmp_path / "finer.safetensors")
+    assert localise.levels(loaded) == [1, 2, 4]
+    assert localise.levels(lab_model.load()) == [2, 4]  # the committed base: 8x8 and 4x4
+    probe = AttentionCapture(loaded.unet, downsample_factors=(1,))
+    settings = DeGuSettings.from_dict({"enabled": True, "subject": "red circle", "generic": "circle", "balance": 1.0})
+    with probe:
+        result = sample(loaded, ["a red circle"], [0], settings, steps=2, probes=[probe])
+    assert [m.shape for m in result.probed[0]] == [(1, lab_model.LATENT_SIZE, lab_model.LATENT_SIZE)] * 2
