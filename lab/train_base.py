@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context-free", type=float, default=0.0,
                         help="share of captions without the background phrase")
     parser.add_argument("--attention-from-level", type=int, default=1,
-                        help="cross-attention on this level and coarser (0: also at 16x16; the committed base: 1)")
+                        help="cross-attention on this level and coarser (0: also at 16x16; the committed base: 1); "
+                             "with --init the model's own layout is kept")
     parser.add_argument("--init", type=Path, help="continue from this model instead of starting from scratch")
     parser.add_argument("--out", type=Path, default=lab_model.MODELS_DIR / "base.safetensors")
     args = parser.parse_args(argv)
