@@ -31,6 +31,8 @@ ETA = 1.0  # DDIM's eta: 1 is ancestral (DDPM-like) sampling, which forgives a s
 class Result:
     images: torch.Tensor  # (B, 3, 32, 32) in [-1, 1]
     masks: list[torch.Tensor] = field(default_factory=list)  # per step (B, 1, 16, 16): the mask DeGu used
+    # Per step (B, 12, 16, 16): the identity stream's denoised prediction, the image the mask snaps to.
+    predicted: list[torch.Tensor] = field(default_factory=list)
     probed: list[list[torch.Tensor]] = field(default_factory=list)  # per probe, per step (B, 16, 16)
     # Per step that ran the generic rows: (step, sigma, s, g, u) as denoised predictions.
     streams: list[tuple[int, float, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
@@ -129,6 +131,7 @@ def sample(
                 x0 = guide(u, s, g, cfg_scale=cfg_scale, attention=attention, sigma=sigma_t).output
                 if keep_maps:
                     result.masks.append(guide.last_mask.clone())
+                    result.predicted.append(s.clone())
                 if keep_streams and g is not None:
                     result.streams.append((i, float(sigma_t), s, g, u))
             else:

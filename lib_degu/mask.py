@@ -19,6 +19,12 @@ NORMALISE_QUANTILE = 0.98
 # Cross-attention has a floor everywhere: without subtracting a low quantile, the background stays
 # above any useful threshold (measured on the trained miniatures: README, "Does it work?").
 NORMALISE_LOW_QUANTILE = 0.05
+# Edge snapping (``snap``): the window radius in latent pixels (two cells of the 1/2-resolution
+# attention map the mask reads) and how different two pixels of the predicted image may look, in
+# standard deviations of that image, before they stop sharing their mask. Chosen on the lab's dev
+# split (README, "Does it work?").
+SNAP_RADIUS = 4
+SNAP_TOLERANCE = 0.4
 _EPS = 1e-8
 
 
@@ -31,6 +37,7 @@ class MaskParams:
     blur: float = 1.0
     ema: float = 0.5
     balance: float = 0.0
+    snap: int = 0
 
 
 def difference_map(s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -100,6 +107,48 @@ def soft_threshold(maps: torch.Tensor, threshold: float, softness: float) -> tor
     return torch.sigmoid((maps - threshold) / softness)
 
 
+def snap_weights(
+    image: torch.Tensor, radius: int = SNAP_RADIUS, tolerance: float = SNAP_TOLERANCE
+) -> torch.Tensor:
+    """How much each pixel of ``image`` (B, C, ..., H, W) looks like each neighbour in its window.
+
+    Returns (B, (2 * radius + 1) ** 2, H * W), each pixel's weights summing to 1:
+    ``exp(-d^2 / (2 * tolerance^2))``, ``d^2`` the mean squared difference over channels of the image
+    standardised per image (so ``tolerance`` means the same on any backbone's latents).
+    """
+    image = image.float().flatten(1, -3)
+    batch, channels, height, width = image.shape
+    centred = image - image.mean(dim=(-2, -1), keepdim=True)
+    scale = centred.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(_EPS)
+    standard = centred / scale[:, None, None, None]
+    size = 2 * radius + 1
+    windows = F.unfold(F.pad(standard, (radius,) * 4, mode="replicate"), size)
+    windows = windows.view(batch, channels, size * size, height * width)
+    distance = (windows - standard.view(batch, channels, 1, height * width)).pow(2).mean(dim=1)
+    weights = torch.exp(-distance / (2 * tolerance**2))
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def snap_to_image(maps: torch.Tensor, weights: torch.Tensor, rounds: int) -> torch.Tensor:
+    """Edge-aware smoothing of (B, H, W) maps: each round, a pixel takes the mean of the pixels in
+    its window that look like it (``snap_weights``, a joint bilateral filter without a spatial term).
+
+    The attention map is coarse (one value per 2x2 latent pixels or more) and spills over the
+    subject's edge; in the predicted image the subject's edge is sharp. Averaging only over
+    look-alike pixels pulls the spilled background down to the background's level and keeps the
+    subject whole, so the mask follows the edge the image already shows.
+    """
+    if rounds <= 0:
+        return maps
+    batch, height, width = maps.shape
+    size = math.isqrt(weights.shape[1])
+    radius = size // 2
+    for _ in range(rounds):
+        windows = F.unfold(F.pad(maps[:, None], (radius,) * 4, mode="replicate"), size)
+        maps = (weights * windows).sum(dim=1).view(batch, height, width)
+    return maps
+
+
 def apply_balance(mask: torch.Tensor, balance: float) -> torch.Tensor:
     """Move the mask towards 1 (``balance > 0``, fidelity) or 0 (``balance < 0``, editability).
 
@@ -130,16 +179,23 @@ class MaskState:
 
 
 def refine(
-    raw: torch.Tensor, size: tuple[int, int], params: MaskParams, state: MaskState | None = None
+    raw: torch.Tensor,
+    size: tuple[int, int],
+    params: MaskParams,
+    state: MaskState | None = None,
+    image: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Raw map (B, h, w) of any source -> final mask (B, 1, H, W) at the latent ``size``.
 
     Normalise, blur (``params.blur`` is in latent pixels, scaled to the map's own resolution),
-    resize, soft threshold, EMA across steps, then the balance.
+    resize, snap to the edges of ``image`` (the step's predicted image (B, C, ..., H, W); skipped
+    without one), soft threshold, EMA across steps, then the balance.
     """
     m = normalise(raw)
     m = gaussian_blur(m, params.blur * raw.shape[-2] / size[0])
     m = resize(m, size)
+    if params.snap > 0 and image is not None:
+        m = snap_to_image(m, snap_weights(image), params.snap)
     m = soft_threshold(m, params.threshold, params.softness)
     if state is not None:
         m = state.update(m, params.ema)

@@ -123,7 +123,10 @@ class Guide:
             self.attention_share_sum = share if self.attention_share_sum is None else self.attention_share_sum + share
             self.attention_share_steps += 1
         raw = attention if source == "attention" else mask.difference_map(s, g)
-        return mask.refine(raw, size, self.settings.mask_params, self.mask_state), source
+        # The attention map is coarser than the latent: it snaps to the edges of the image the identity
+        # stream predicts. The difference map is at the latent's own size already.
+        image = s if source == "attention" else None
+        return mask.refine(raw, size, self.settings.mask_params, self.mask_state, image=image), source
 
     def attention_share(self) -> list[float] | None:
         """Per image, the subject's share of cross-attention averaged over steps (one host sync)."""

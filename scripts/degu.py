@@ -18,7 +18,7 @@ from lib_degu.settings import DeGuSettings
 HOST = detect_host()
 TITLE = "DeGu"
 XYZ_PREFIX = "[DeGu] "
-ADVANCED = ("threshold", "softness", "blur", "ema", "start", "end", "context_refresh")
+ADVANCED = ("threshold", "softness", "blur", "ema", "start", "end", "context_refresh", "snap")
 PLACEHOLDERS = {"subject": "e.g. sks, ohwx man, my-embedding", "generic": "e.g. a  (empty: remove the subject word)"}
 BALANCE_ENDS = (
     '<div class="degu-balance-ends"><span>&larr; -1: editability (the scene you asked for)</span>'

@@ -261,7 +261,7 @@ def test_the_forge_script_reads_every_positional_arg_into_its_own_field(forge):
     custom = DeGuSettings(
         enabled=True, subject="sks", generic="a", identity_scale=1.25, context_scale=0.75, balance=-0.25,
         mask_source="difference", threshold=0.4, softness=0.15, blur=2.5, ema=0.45, start=0.05, end=0.95,
-        show_mask=True, context_refresh=5,
+        show_mask=True, context_refresh=5, snap=2,
     )
     defaults = DeGuSettings()
     assert all(getattr(custom, name) != getattr(defaults, name) for name in DeGuSettings.names())

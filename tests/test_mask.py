@@ -116,3 +116,45 @@ def test_attention_map_averages_layers_of_different_resolutions():
     fine = torch.zeros(1, 4, 4)
     out = M.attention_map([coarse, fine], (4, 4))
     assert out.shape == (1, 4, 4) and torch.allclose(out, torch.full((1, 4, 4), 0.5))
+
+
+def _square_scene() -> tuple[torch.Tensor, torch.Tensor]:
+    """A predicted image (1, 4, 16, 16) with a 4x4 subject on a flat background, and its region."""
+    region = torch.zeros(1, 16, 16, dtype=torch.bool)
+    region[0, 6:10, 6:10] = True
+    image = torch.where(region[:, None], torch.tensor([1.0, -0.5, 0.3, 2.0]).view(1, 4, 1, 1), torch.zeros(1, 4, 1, 1))
+    return image, region
+
+
+def test_snapping_pulls_a_coarse_blob_onto_the_subjects_edge():
+    image, region = _square_scene()
+    blob = torch.zeros(1, 16, 16)
+    blob[0, 4:12, 4:12] = 1.0  # what an attention map two cells too wide gives: 4x the subject's area
+    snapped = M.snap_to_image(blob, M.snap_weights(image), rounds=5)
+    assert torch.equal(snapped[0] >= 0.5, region[0])
+    assert snapped[region].min() > 0.99  # the subject stays whole
+    assert torch.equal(M.snap_to_image(blob, M.snap_weights(image), rounds=0), blob)
+
+
+def test_snap_weights_are_normalised_and_ignore_the_images_offset_and_scale():
+    image, _ = _square_scene()
+    weights = M.snap_weights(image)
+    assert weights.shape == (1, (2 * M.SNAP_RADIUS + 1) ** 2, 256)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(1, 256))
+    assert torch.allclose(M.snap_weights(image * 7.0 - 3.0), weights, atol=1e-6)
+    # A flat image has no edge: snapping is a plain box mean, and a constant map stays constant.
+    flat = M.snap_weights(torch.full((2, 4, 8, 8), 0.2))
+    assert torch.allclose(M.snap_to_image(torch.full((2, 8, 8), 0.7), flat, 3), torch.full((2, 8, 8), 0.7))
+
+
+def test_refine_snaps_only_when_asked_and_given_the_image():
+    image, region = _square_scene()
+    raw = torch.zeros(1, 8, 8)
+    raw[0, 2:6, 2:6] = 1.0  # the coarse map at half the latent size, spilling one cell each side
+    params = M.MaskParams(threshold=0.5, softness=0.05, blur=0.0, ema=0.0)
+    unsnapped = M.refine(raw, (16, 16), params)
+    assert torch.equal(M.refine(raw, (16, 16), params, image=image), unsnapped)  # snap 0: as before
+    assert torch.equal(M.refine(raw, (16, 16), M.MaskParams(**{**params.__dict__, "snap": 5})), unsnapped)
+    snapped = M.refine(raw, (16, 16), M.MaskParams(**{**params.__dict__, "snap": 5}), image=image)
+    assert (unsnapped[0, 0] >= 0.5).sum() > 2 * region.sum()
+    assert torch.equal(snapped[0, 0] >= 0.5, region[0])

@@ -96,8 +96,8 @@ def test_validation_messages_name_the_field_and_its_range(values, message):
 
 
 def test_too_many_positional_args():
-    with pytest.raises(ValueError, match="expected at most 15 arguments"):
-        DeGuSettings.from_args([False] * 16)
+    with pytest.raises(ValueError, match="expected at most 16 arguments"):
+        DeGuSettings.from_args([False] * 17)
 
 
 def test_every_field_has_a_spec_and_infotext_keys_are_unique():
@@ -112,3 +112,12 @@ def test_replace_validates():
     assert s.replace(balance=0.5).balance == 0.5
     with pytest.raises(ValueError, match="balance"):
         s.replace(balance=5)
+
+
+def test_old_infotext_without_snap_pastes_the_unsnapped_mask():
+    """Images made before edge snapping existed used the mask as estimated; new ones snap by default."""
+    old = {"DeGu": "True", "DeGu subject": "sks"}
+    assert DeGuSettings.from_infotext(old).snap == 0
+    assert DeGuSettings.from_infotext({**old, "DeGu snap": "3"}).snap == 3
+    assert DeGuSettings(enabled=True).to_infotext()["DeGu snap"] == str(DeGuSettings().snap)
+    assert DeGuSettings(snap=2).mask_params.snap == 2
