@@ -16,7 +16,10 @@ is scored by the judge (``lab.scoring``):
                the balance, ``attention id=..`` the identity scale
 - ``oracle region``  DeGu at the defaults with the subject's region (the judge's reading of the
                ``attention`` variant's images) as the mask at every step: what a perfect mask would
-               give, the ceiling for any mask estimate (``--no-oracle`` leaves it out)
+               give, the ceiling for any mask estimate (``--no-oracle`` leaves it out); with
+               ``--oracle-phases`` also ``oracle first half`` / ``oracle second half``: that region for
+               the first or the last half of the steps, the estimated mask for the rest (which phase
+               of sampling a precise mask matters in)
 
 The table gives mean fidelity, editability and mask IoU/AUROC (against the subject's region in the
 image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
@@ -49,6 +52,7 @@ BALANCE_SWEEP = (-0.5, -0.25, 0.25, 0.5)
 IDENTITY_SWEEP = (1.5,)
 STEP_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 ORACLE = "oracle region"
+ORACLE_PHASES = {"oracle first half": range(STEPS // 2), "oracle second half": range(STEPS // 2, STEPS)}
 
 
 def contexts(subject: Subject, split: str) -> list[Context]:
@@ -102,11 +106,12 @@ def run_variant(
     generic_prompt: bool = False,
     eta: float = ETA,
     fixed_mask: torch.Tensor | None = None,
+    fixed_steps: range | None = None,
 ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     words = subject.shape if generic_prompt else f"{subject.token} {subject.shape}"
     prompts = [context.prompt(words) for context, _ in cases]
     result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=settings is not None, eta=eta,
-                    fixed_mask=fixed_mask)
+                    fixed_mask=fixed_mask, fixed_steps=fixed_steps)
     reading = lab_judge.read(judge, result.images)
     return {
         "fidelity": scoring.fidelity(reading, subject),
@@ -168,12 +173,14 @@ def run_pair(
     model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
     cases: Sequence[tuple[Context, int]], *, sweep: bool = True, overrides: Mapping[str, object] | None = None,
     phrase: bool = False, refresh: Sequence[int] = (), eta: float = ETA, oracle: bool = True,
+    oracle_phases: bool = False,
 ) -> list[Row]:
     """Every variant for one personalised model. ``overrides`` replace DeGu's defaults (mask settings
     to try) in the DeGu variants, under the variant's own changes. ``phrase``: the subject field holds
     the token and the class word ("sks circle" -> "circle"): the same generic prompt, and the mask
     reads the attention of both words. ``oracle``: also DeGu with the subject's judged region in the
-    attention variant's images as the mask at every step (``ORACLE``): what a perfect mask gives."""
+    attention variant's images as the mask at every step (``ORACLE``): what a perfect mask gives;
+    ``oracle_phases``: also that mask in one half of the steps only (``ORACLE_PHASES``)."""
 
     words = {"subject": f"{subject.token} {subject.shape}", "generic": subject.shape} if phrase else {}
 
@@ -202,6 +209,9 @@ def run_pair(
             region = out["region"][:, None].float()
             rows.append(summarise(method, subject, ORACLE, run_variant(
                 model, judge, subject, cases, settings, eta=eta, fixed_mask=region)))
+            for phase, steps in ORACLE_PHASES.items() if oracle_phases else ():
+                rows.append(summarise(method, subject, phase, run_variant(
+                    model, judge, subject, cases, settings, eta=eta, fixed_mask=region, fixed_steps=steps)))
     return rows
 
 
@@ -290,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", choices=("dev", "test", "all"), default="test")
     parser.add_argument("--no-sweep", action="store_true", help="only the global curve and the defaults")
     parser.add_argument("--no-oracle", action="store_true", help="leave out the oracle-region variant")
+    parser.add_argument("--oracle-phases", action="store_true",
+                        help="also the oracle region in the first / the second half of the steps only")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                         help="DeGu settings to use instead of the defaults, e.g. threshold=0.6 ema=0")
     parser.add_argument("--phrase", action="store_true",
@@ -314,11 +326,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for method in args.methods:
             pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
                             sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase, refresh=args.refresh,
-                            eta=args.eta, oracle=not args.no_oracle)
+                            eta=args.eta, oracle=not args.no_oracle, oracle_phases=args.oracle_phases)
             rows += pair
             advantages.append(advantage(pair))
             attention = next(r for r in pair if r.variant == "attention")
-            oracle = f"  oracle region {advantage(pair, ORACLE):+.3f}" if any(r.variant == ORACLE for r in pair) else ""
+            oracle = "".join(f"  {name} {advantage(pair, name):+.3f}" for name in (ORACLE, *ORACLE_PHASES)
+                             if any(r.variant == name for r in pair))
             print(f"{method:<10} {subject.token:<5} advantage {advantages[-1]:+.3f}  IoU {attention.iou:.3f}  "
                   f"coverage {attention.coverage:.2f}{oracle}", flush=True)
     print()

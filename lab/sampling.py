@@ -41,15 +41,22 @@ class Result:
 
 @dataclass
 class FixedMaskGuide(Guide):
-    """DeGu as users run it, but with a given mask (B, 1, 16, 16) at every step instead of the one it
-    estimates: the experiment's *oracle*, what a perfect mask would give."""
+    """DeGu as users run it, but with a given mask (B, 1, 16, 16) instead of the one it estimates:
+    the experiment's *oracle*, what a perfect mask would give. ``fixed_steps``: the steps that use
+    it (all by default); the others use the estimated mask (which phase of sampling the mask
+    matters in)."""
 
     fixed: torch.Tensor | None = None
+    fixed_steps: range | None = None
+    calls: int = 0
 
     def make_mask(
         self, s: torch.Tensor, g: torch.Tensor, attention: torch.Tensor | None
     ) -> tuple[torch.Tensor, str]:
         assert self.fixed is not None
+        step, self.calls = self.calls, self.calls + 1
+        if self.fixed_steps is not None and step not in self.fixed_steps:
+            return super().make_mask(s, g, attention)
         return self.fixed.to(device=s.device, dtype=torch.float32), "fixed"
 
 
@@ -79,9 +86,10 @@ def sample(
     eta: float = ETA,
     probes: Sequence[AttentionCapture] = (),
     fixed_mask: torch.Tensor | None = None,
+    fixed_steps: range | None = None,
 ) -> Result:
     """Plain CFG when ``settings`` is None or disabled, else DeGu with those settings (and, given
-    ``fixed_mask``, that mask at every step: ``FixedMaskGuide``).
+    ``fixed_mask``, that mask at every step of ``fixed_steps``, default all: ``FixedMaskGuide``).
 
     ``probes``: extra captures (other layer choices) read on the identity rows at every step, for
     measuring maps DeGu did not use; they must be entered by the caller.
@@ -98,7 +106,8 @@ def sample(
         rows += [make_generic_prompt(p, settings.subject, settings.generic) for p in prompts]
         positions = [model.tokenizer.positions(p, settings.subject) for p in prompts]
         indicator = token_indicator(positions, CONTEXT_LENGTH)
-        guide = Guide(settings) if fixed_mask is None else FixedMaskGuide(settings, fixed=fixed_mask)
+        guide = (Guide(settings) if fixed_mask is None
+                 else FixedMaskGuide(settings, fixed=fixed_mask, fixed_steps=fixed_steps))
         capture = AttentionCapture(model.unet)
     rows += [negative] * batch
     context = model.encode(rows)

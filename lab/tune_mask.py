@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     layers = next(name for name, factors in LAYER_CHOICES.items() if factors == DEFAULT_DOWNSAMPLE_FACTORS)
     norm = (mask.NORMALISE_LOW_QUANTILE, mask.NORMALISE_QUANTILE)
     for label, (layer_choice, normalisation, blur, threshold, softness, ema) in {
-        "today's defaults without snapping":
+        "today's defaults (no snap)":
             (layers, norm, defaults.blur, defaults.threshold, defaults.softness, defaults.ema),
         "the first defaults (factors 2+4, divide q98, blur 1, threshold 0.35, softness 0.1, EMA 0.5)":
             ("factors 2+4", NORMALISATIONS["divide q98"], 1.0, 0.35, 0.1, 0.5),

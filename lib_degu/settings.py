@@ -137,11 +137,12 @@ class DeGuSettings:
             minimum=1, maximum=8, step=1, before_it_existed=1)},
     )
     snap: int = field(
-        default=5,
+        default=0,
         metadata={"spec": FieldSpec(
             "Snap mask to image edges", "DeGu snap",
             "Rounds of edge-aware smoothing that pull the coarse attention mask onto the subject's "
-            "edges in the predicted image: more rounds follow the edge more closely. 0 turns it off.",
+            "outline in the predicted image (5 follows it best). The tighter mask hands the subject's "
+            "rim to the scene and measured no better overall, so 0 (off) is the default.",
             minimum=0, maximum=10, step=1, before_it_existed=0)},
     )
 

@@ -43,7 +43,8 @@ ENTANGLED_SEEDS = tuple(range(12))
 # Measured 0.105 and 0.083 on 12 seeds (fidelity 0.503 vs 0.398 for the as-editable global mix, and
 # 0.457 vs 0.374); a flat map gives 0.
 ADVANTAGE_FLOOR = 0.04
-SNAP_GAIN_FLOOR = 0.08  # mean IoU gained by the default snap over none (measured +0.155 on the dev split)
+# Mean IoU gained by snap 5 over none: measured +0.155 (dev) and +0.174 (test), 12 seeds.
+SNAP_GAIN_FLOOR = 0.08
 NO_COST_FLOOR = -0.05  # mean advantage of the other seven: measured +0.040 (+0.001 on 12 seeds)
 
 
@@ -87,18 +88,18 @@ def test_the_attention_mask_localises_every_subject_on_average(rows):
 
 
 def test_snapping_to_the_predicted_image_tightens_the_attention_mask(base, rows):
-    """The snap is what brings the coarse 8x8 map onto the subject: without it, the same runs'
-    mask localises measurably worse."""
+    """``snap`` brings the coarse 8x8 map onto the subject's outline: the same pairs' mask at snap 5
+    localises measurably better than the default's (snap 0)."""
     judge = lab_judge.load()
     snapped, unsnapped = [], []
     for subject in SUBJECTS:
         for method in personalise.METHODS:
             settings = experiment.degu_settings(
-                subject, subject=f"{subject.token} {subject.shape}", generic=subject.shape, snap=0)
+                subject, subject=f"{subject.token} {subject.shape}", generic=subject.shape, snap=5)
             model = personalise.load(subject, method, base)
             out = experiment.run_variant(model, judge, subject, _cases(method, subject), settings)
-            unsnapped.append(experiment.summarise(method, subject, "attention snap=0", out).iou)
-            snapped.append(_variant(rows[method, subject.token], "attention").iou)
+            snapped.append(experiment.summarise(method, subject, "attention snap=5", out).iou)
+            unsnapped.append(_variant(rows[method, subject.token], "attention").iou)
     assert statistics.fmean(snapped) >= statistics.fmean(unsnapped) + SNAP_GAIN_FLOOR, (snapped, unsnapped)
 
 
@@ -144,3 +145,6 @@ def test_the_oracle_mask_is_used_at_every_step(base, value):
     result = sample(model, prompts, seeds, settings, keep_maps=True, fixed_mask=fixed)
     assert len(result.masks) > 1 and all(torch.equal(m, fixed) for m in result.masks)
     torch.testing.assert_close(result.images, plain, atol=1e-5, rtol=0)
+    # In one phase only (the experiment's --oracle-phases): the estimated mask in the other steps.
+    half = sample(model, prompts, seeds, settings, keep_maps=True, fixed_mask=fixed, fixed_steps=range(5, 10))
+    assert [torch.equal(m, fixed) for m in half.masks] == [5 <= i < 10 for i in range(len(half.masks))]
