@@ -20,6 +20,9 @@ is scored by the judge (``lab.scoring``):
                ``--oracle-phases`` also ``oracle first half`` / ``oracle second half``: that region for
                the first or the last half of the steps, the estimated mask for the rest (which phase
                of sampling a precise mask matters in)
+- ``two-pass``  (``--two-pass``) DeGu with the attention variant's own final mask at every step of a
+               second run from the same noise: what an estimate that knows the layout from step 0
+               would give, at twice the cost (not a user setting)
 
 The table gives mean fidelity, editability and mask IoU/AUROC (against the subject's region in the
 image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
@@ -52,6 +55,7 @@ BALANCE_SWEEP = (-0.5, -0.25, 0.25, 0.5)
 IDENTITY_SWEEP = (1.5,)
 STEP_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 ORACLE = "oracle region"
+TWO_PASS = "two-pass"
 ORACLE_PHASES = {"oracle first half": range(STEPS // 2), "oracle second half": range(STEPS // 2, STEPS)}
 
 
@@ -173,14 +177,15 @@ def run_pair(
     model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
     cases: Sequence[tuple[Context, int]], *, sweep: bool = True, overrides: Mapping[str, object] | None = None,
     phrase: bool = False, refresh: Sequence[int] = (), eta: float = ETA, oracle: bool = True,
-    oracle_phases: bool = False,
+    oracle_phases: bool = False, two_pass: bool = False,
 ) -> list[Row]:
     """Every variant for one personalised model. ``overrides`` replace DeGu's defaults (mask settings
     to try) in the DeGu variants, under the variant's own changes. ``phrase``: the subject field holds
     the token and the class word ("sks circle" -> "circle"): the same generic prompt, and the mask
     reads the attention of both words. ``oracle``: also DeGu with the subject's judged region in the
     attention variant's images as the mask at every step (``ORACLE``): what a perfect mask gives;
-    ``oracle_phases``: also that mask in one half of the steps only (``ORACLE_PHASES``)."""
+    ``oracle_phases``: also that mask in one half of the steps only (``ORACLE_PHASES``); ``two_pass``:
+    also the attention variant's final mask at every step (``TWO_PASS``)."""
 
     words = {"subject": f"{subject.token} {subject.shape}", "generic": subject.shape} if phrase else {}
 
@@ -212,6 +217,9 @@ def run_pair(
             for phase, steps in ORACLE_PHASES.items() if oracle_phases else ():
                 rows.append(summarise(method, subject, phase, run_variant(
                     model, judge, subject, cases, settings, eta=eta, fixed_mask=region, fixed_steps=steps)))
+        if name == "attention" and two_pass:
+            rows.append(summarise(method, subject, TWO_PASS, run_variant(
+                model, judge, subject, cases, settings, eta=eta, fixed_mask=out["masks"][-1])))
     return rows
 
 
@@ -300,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", choices=("dev", "test", "all"), default="test")
     parser.add_argument("--no-sweep", action="store_true", help="only the global curve and the defaults")
     parser.add_argument("--no-oracle", action="store_true", help="leave out the oracle-region variant")
+    parser.add_argument("--two-pass", action="store_true",
+                        help="also the attention variant's final mask at every step of a second run")
     parser.add_argument("--oracle-phases", action="store_true",
                         help="also the oracle region in the first / the second half of the steps only")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
@@ -326,11 +336,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         for method in args.methods:
             pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
                             sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase, refresh=args.refresh,
-                            eta=args.eta, oracle=not args.no_oracle, oracle_phases=args.oracle_phases)
+                            eta=args.eta, oracle=not args.no_oracle, oracle_phases=args.oracle_phases,
+                            two_pass=args.two_pass)
             rows += pair
             advantages.append(advantage(pair))
             attention = next(r for r in pair if r.variant == "attention")
-            oracle = "".join(f"  {name} {advantage(pair, name):+.3f}" for name in (ORACLE, *ORACLE_PHASES)
+            oracle = "".join(f"  {name} {advantage(pair, name):+.3f}" for name in (ORACLE, *ORACLE_PHASES, TWO_PASS)
                              if any(r.variant == name for r in pair))
             print(f"{method:<10} {subject.token:<5} advantage {advantages[-1]:+.3f}  IoU {attention.iou:.3f}  "
                   f"coverage {attention.coverage:.2f}{oracle}", flush=True)
