@@ -148,3 +148,23 @@ def test_the_oracle_mask_is_used_at_every_step(base, value):
     # In one phase only (the experiment's --oracle-phases): the estimated mask in the other steps.
     half = sample(model, prompts, seeds, settings, keep_maps=True, fixed_mask=fixed, fixed_steps=range(5, 10))
     assert [torch.equal(m, fixed) for m in half.masks] == [5 <= i < 10 for i in range(len(half.masks))]
+
+
+def test_the_two_pass_variant_runs_again_with_the_attention_runs_final_mask(base, monkeypatch):
+    """``--two-pass``: the second run's fixed mask is the final mask the attention run used."""
+    model = personalise.load(LEARNED, "ti", base)
+    cases = [(experiment.contexts(LEARNED, "test")[0], seed) for seed in (0, 1)]
+    finals, fixed = [], []
+    run_variant = experiment.run_variant
+
+    def recording(*args, fixed_mask=None, **kwargs):
+        out = run_variant(*args, fixed_mask=fixed_mask, **kwargs)
+        if out["masks"]:
+            (fixed if fixed_mask is not None else finals).append(out["masks"])
+        return out
+
+    monkeypatch.setattr(experiment, "run_variant", recording)
+    rows = experiment.run_pair(model, lab_judge.load(), "ti", LEARNED, cases, sweep=False, phrase=True,
+                               oracle=False, two_pass=True)
+    assert [r.variant for r in rows][-2:] == ["attention", experiment.TWO_PASS]
+    assert all(torch.equal(m, finals[-1][-1]) for m in fixed[0])
