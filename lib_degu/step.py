@@ -123,8 +123,8 @@ class Guide:
             self.attention_share_sum = share if self.attention_share_sum is None else self.attention_share_sum + share
             self.attention_share_steps += 1
         raw = attention if source == "attention" else mask.difference_map(s, g)
-        # The attention map is coarser than the latent: it snaps to the edges of the image the identity
-        # stream predicts. The difference map is at the latent's own size already.
+        # The attention map is coarser than the latent: ``snap`` pulls it onto the edges of the image the
+        # identity stream predicts. The difference map is at the latent's own size already.
         image = s if source == "attention" else None
         return mask.refine(raw, size, self.settings.mask_params, self.mask_state, image=image), source
 

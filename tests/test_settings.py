@@ -115,7 +115,7 @@ def test_replace_validates():
 
 
 def test_old_infotext_without_snap_pastes_the_unsnapped_mask():
-    """Images made before edge snapping existed used the mask as estimated; new ones snap by default."""
+    """Images made before edge snapping existed used the mask as estimated: they paste as snap 0."""
     old = {"DeGu": "True", "DeGu subject": "sks"}
     assert DeGuSettings.from_infotext(old).snap == 0
     assert DeGuSettings.from_infotext({**old, "DeGu snap": "3"}).snap == 3
