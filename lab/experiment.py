@@ -26,7 +26,8 @@ is scored by the judge (``lab.scoring``):
 
 The table gives mean fidelity, editability and mask IoU/AUROC (against the subject's region in the
 image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
-fidelity at the same editability, on the global points' Pareto front (``global_fidelity_at``).
+fidelity at the same editability, on the global points' Pareto front (``global_fidelity_at``), with
+its bootstrap standard error over the pair's images (``advantage_error``; printed as ``± e``).
 The last line is for scripts: ``quality iou=<mean IoU at the defaults> advantage=<mean advantage>``.
 """
 
@@ -37,7 +38,7 @@ import json
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -98,6 +99,10 @@ class Row:
     coverage: float | None = None  # mean of the final mask: 1.0 is the global "all identity"
     iou_by_step: dict[str, float] | None = None
     cost: float | None = None  # model rows evaluated / plain CFG's rows (prompt + uncond per step)
+    # Per image, in the order of the pair's cases (every variant of a pair runs the same cases): what
+    # ``advantage_error`` resamples.
+    fidelities: list[float] | None = None
+    editabilities: list[float] | None = None
 
 
 def run_variant(
@@ -133,7 +138,8 @@ def _mean(values: torch.Tensor) -> float:
 
 
 def summarise(method: str, subject: Subject, variant: str, out: dict) -> Row:
-    row = Row(method, subject.token, variant, _mean(out["fidelity"]), _mean(out["editability"]), cost=out["cost"])
+    row = Row(method, subject.token, variant, _mean(out["fidelity"]), _mean(out["editability"]), cost=out["cost"],
+              fidelities=out["fidelity"].tolist(), editabilities=out["editability"].tolist())
     masks = out["masks"]
     if masks:
         final, region = masks[-1], out["region"]
@@ -171,6 +177,28 @@ def advantage(rows: Sequence[Row], variant: str = "attention") -> float:
     curve = [r for r in rows if r.variant in ("prompt", "generic") or r.variant.startswith("global")]
     point = next(r for r in rows if r.variant == variant)
     return point.fidelity - global_fidelity_at(curve, point.editability)
+
+
+def advantage_error(rows: Sequence[Row], variant: str = "attention", resamples: int = 400, seed: int = 0) -> float:
+    """The bootstrap standard error of ``advantage``: the images (contexts x seeds) resampled with
+    replacement, the same draw for every variant of the pair, the front and the point recomputed.
+
+    The global front is steep (a little editability buys much fidelity), so an advantage moves a lot
+    with the draw of images; differences between settings smaller than this are noise.
+    """
+    kept = [r for r in rows if r.fidelities is not None and r.editabilities is not None]
+    fidelity = torch.tensor([r.fidelities for r in kept], dtype=torch.float64)
+    editability = torch.tensor([r.editabilities for r in kept], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(fidelity.shape[1], (resamples, fidelity.shape[1]), generator=generator)
+    fidelity_means = fidelity[:, draws].nanmean(dim=-1)  # (rows, resamples)
+    editability_means = editability[:, draws].nanmean(dim=-1)
+    values = []
+    for k in range(resamples):
+        resampled = [replace(r, fidelity=float(fidelity_means[i, k]), editability=float(editability_means[i, k]))
+                     for i, r in enumerate(kept)]
+        values.append(advantage(resampled, variant))
+    return statistics.stdev(values)
 
 
 def run_pair(
@@ -330,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     base, judge = lab_model.load(), lab_judge.load()
     rows: list[Row] = []
-    advantages = []
+    advantages: list[float] = []
+    errors: list[float] = []
     for subject in args.subjects:
         cases = [(context, seed) for context in contexts(subject, args.split) for seed in args.seeds]
         for method in args.methods:
@@ -340,11 +369,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                             two_pass=args.two_pass)
             rows += pair
             advantages.append(advantage(pair))
+            errors.append(advantage_error(pair))
             attention = next(r for r in pair if r.variant == "attention")
-            oracle = "".join(f"  {name} {advantage(pair, name):+.3f}" for name in (ORACLE, *ORACLE_PHASES, TWO_PASS)
-                             if any(r.variant == name for r in pair))
-            print(f"{method:<10} {subject.token:<5} advantage {advantages[-1]:+.3f}  IoU {attention.iou:.3f}  "
-                  f"coverage {attention.coverage:.2f}{oracle}", flush=True)
+            oracle = "".join(f"  {name} {advantage(pair, name):+.3f} ± {advantage_error(pair, name):.3f}"
+                             for name in (ORACLE, *ORACLE_PHASES, TWO_PASS) if any(r.variant == name for r in pair))
+            print(f"{method:<10} {subject.token:<5} advantage {advantages[-1]:+.3f} ± {errors[-1]:.3f}  "
+                  f"IoU {attention.iou:.3f}  coverage {attention.coverage:.2f}{oracle}", flush=True)
     print()
     print(table(rows))
     if args.refresh:
@@ -356,6 +386,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         plot(rows, args.plot)
     iou = statistics.fmean(r.iou for r in rows if r.variant == "attention")
     print(f"({len(rows)} rows, {time.perf_counter() - started:.0f} s)")
+    # Pairs are independent models and noise draws: the mean's error adds theirs in quadrature.
+    print(f"advantage {statistics.fmean(advantages):+.3f} ± {sum(e * e for e in errors) ** 0.5 / len(errors):.3f} "
+          f"(bootstrap standard error over images; per pair above)")
     print(f"quality iou={iou:.3f} advantage={statistics.fmean(advantages):.3f}")
 
 

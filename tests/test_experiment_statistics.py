@@ -1,0 +1,51 @@
+"""The quality experiment's arithmetic, on made-up rows (no model runs): the advantage's error bar."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from lab.experiment import Row, advantage, advantage_error
+
+
+def _row(variant: str, fidelities: list[float], editabilities: list[float]) -> Row:
+    return Row("lora", "sks", variant, statistics.fmean(fidelities), statistics.fmean(editabilities),
+               fidelities=fidelities, editabilities=editabilities)
+
+
+def _noisy(mean: float, spread: float, n: int, seed: int) -> list[float]:
+    return (mean + spread * torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).tolist()
+
+
+def _global_curve(n: int) -> list[Row]:
+    """Prompt, three global mixes and the generic prompt, every image scored alike (a fixed front)."""
+    points = {"prompt": (0.5, 0.90), "global 0.75": (0.4, 0.92), "global 0.5": (0.3, 0.94),
+              "global 0.25": (0.1, 0.95), "generic": (0.0, 0.96)}
+    return [_row(name, [f] * n, [e] * n) for name, (f, e) in points.items()]
+
+
+def test_a_mask_that_lands_on_the_global_curve_image_for_image_has_no_error() -> None:
+    # The same draw of images for every variant: a point scored exactly like a global point, image
+    # for image, sits on the front in every resample. Drawing per variant would give it an error.
+    n = 48
+    fidelities, editabilities = _noisy(0.3, 0.2, n, 1), _noisy(0.94, 0.03, n, 2)
+    rows = [r for r in _global_curve(n) if r.variant != "global 0.5"]
+    rows += [_row("global 0.5", fidelities, editabilities), _row("attention", fidelities, editabilities)]
+    assert advantage(rows) == 0.0
+    assert advantage_error(rows) < 1e-9  # rounding in the interpolation
+
+
+def test_on_a_fixed_front_the_error_is_the_standard_error_of_the_masks_fidelity() -> None:
+    n, spread = 200, 0.3
+    fidelities = _noisy(0.45, spread, n, 3)
+    rows = [*_global_curve(n), _row("attention", fidelities, [0.97] * n)]  # beyond the front's end: flat
+    expected = statistics.stdev(fidelities) / n**0.5
+    assert abs(advantage_error(rows, resamples=2000) - expected) < 0.1 * expected
+
+
+def test_the_error_grows_with_the_spread_of_the_images() -> None:
+    n = 48
+    rows_for = {spread: [*_global_curve(n), _row("attention", _noisy(0.45, spread, n, 4), _noisy(0.93, 0.01, n, 5))]
+                for spread in (0.05, 0.3)}
+    assert advantage_error(rows_for[0.3]) > 3 * advantage_error(rows_for[0.05])
