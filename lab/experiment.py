@@ -179,13 +179,12 @@ def advantage(rows: Sequence[Row], variant: str = "attention") -> float:
     return point.fidelity - global_fidelity_at(curve, point.editability)
 
 
-def advantage_error(rows: Sequence[Row], variant: str = "attention", resamples: int = 400, seed: int = 0) -> float:
-    """The bootstrap standard error of ``advantage``: the images (contexts x seeds) resampled with
-    replacement, the same draw for every variant of the pair, the front and the point recomputed.
-
-    The global front is steep (a little editability buys much fidelity), so an advantage moves a lot
-    with the draw of images; differences between settings smaller than this are noise.
-    """
+def resampled_advantages(rows: Sequence[Row], variant: str = "attention", resamples: int = 400,
+                         seed: int = 0) -> torch.Tensor:
+    """``advantage`` over bootstrap resamples of the pair's images (contexts x seeds, with
+    replacement): (resamples,). The same draw for every variant of the pair, and for the same seed
+    the same draw for any run with the same number of images (so two runs of one pair compare
+    image for image: ``compare``)."""
     kept = [r for r in rows if r.fidelities is not None and r.editabilities is not None]
     fidelity = torch.tensor([r.fidelities for r in kept], dtype=torch.float64)
     editability = torch.tensor([r.editabilities for r in kept], dtype=torch.float64)
@@ -198,7 +197,44 @@ def advantage_error(rows: Sequence[Row], variant: str = "attention", resamples: 
         resampled = [replace(r, fidelity=float(fidelity_means[i, k]), editability=float(editability_means[i, k]))
                      for i, r in enumerate(kept)]
         values.append(advantage(resampled, variant))
-    return statistics.stdev(values)
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def advantage_error(rows: Sequence[Row], variant: str = "attention", resamples: int = 400, seed: int = 0) -> float:
+    """The bootstrap standard error of ``advantage``.
+
+    The global front is steep (a little editability buys much fidelity), so an advantage moves a lot
+    with the draw of images; differences between settings smaller than this are noise.
+    """
+    return float(resampled_advantages(rows, variant, resamples, seed).std())
+
+
+def compare(rows: Sequence[Row], baseline: Sequence[Row], variant: str = "attention") -> list[tuple[str, float, float]]:
+    """Per (method, subject) in both, and ``mean`` last: the advantage minus the baseline run's, and
+    its standard error, both runs resampled with the same draw of images (paired: the images'
+    shared luck cancels). The runs must have the same cases (split, seeds) for each pair."""
+
+    def pairs(group: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
+        out: dict[tuple[str, str], list[Row]] = {}
+        for r in group:
+            out.setdefault((r.method, r.subject), []).append(r)
+        return out
+
+    ours, theirs = pairs(rows), pairs(baseline)
+    result = []
+    differences, variances = [], []
+    for key in [k for k in ours if k in theirs]:
+        counts = {len(r.fidelities or ()) for r in [*ours[key], *theirs[key]]}
+        if len(counts) != 1:
+            raise ValueError(f"{key}: the runs have different cases ({sorted(counts)} images)")
+        difference = advantage(ours[key], variant) - advantage(theirs[key], variant)
+        spread = resampled_advantages(ours[key], variant) - resampled_advantages(theirs[key], variant)
+        differences.append(difference)
+        variances.append(float(spread.var()))
+        result.append((f"{key[0]} {key[1]}", difference, float(spread.std())))
+    if differences:
+        result.append(("mean", statistics.fmean(differences), sum(variances) ** 0.5 / len(variances)))
+    return result
 
 
 def run_pair(
@@ -351,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="DDIM eta of the sampler: 1 ancestral (the lab's default), 0 deterministic")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--baseline", type=Path,
+                        help="a --json of an earlier run with the same split and seeds: print the change in "
+                             "advantage against it, pair by pair, with paired standard errors")
     parser.add_argument("--plot", type=Path, help="write the fidelity-vs-editability plot here (needs matplotlib)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -384,6 +423,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if args.plot:
         plot(rows, args.plot)
+    if args.baseline:
+        baseline = [Row(**r) for r in json.loads(args.baseline.read_text())]
+        print(f"\nadvantage minus {args.baseline}'s (paired bootstrap standard error; lab.compare)")
+        for name, difference, error in compare(rows, baseline):
+            print(f"{name:<16} {difference:+.3f} ± {error:.3f}")
     iou = statistics.fmean(r.iou for r in rows if r.variant == "attention")
     print(f"({len(rows)} rows, {time.perf_counter() - started:.0f} s)")
     # Pairs are independent models and noise draws: the mean's error adds theirs in quadrature.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
 import torch
 
-from lab.experiment import Row, advantage, advantage_error
+from lab.experiment import Row, advantage, advantage_error, compare
 
 
 def _row(variant: str, fidelities: list[float], editabilities: list[float]) -> Row:
@@ -49,3 +50,31 @@ def test_the_error_grows_with_the_spread_of_the_images() -> None:
     rows_for = {spread: [*_global_curve(n), _row("attention", _noisy(0.45, spread, n, 4), _noisy(0.93, 0.01, n, 5))]
                 for spread in (0.05, 0.3)}
     assert advantage_error(rows_for[0.3]) > 3 * advantage_error(rows_for[0.05])
+
+
+def _run(subject: str, gain: float, n: int = 48) -> list[Row]:
+    rows = [*_global_curve(n), _row("attention", _noisy(0.45 + gain, 0.3, n, 6), _noisy(0.97, 0.01, n, 7))]
+    return [Row(**{**r.__dict__, "subject": subject}) for r in rows]
+
+
+def test_a_run_compared_with_itself_differs_by_nothing_not_even_noise() -> None:
+    # Paired: both runs resampled with the same draw of images. Unpaired draws would leave an error
+    # of about the advantage's own (0.04 here).
+    run = _run("sks", 0.0) + _run("zkw", 0.0)
+    assert advantage_error(_run("sks", 0.0)) > 0.02
+    for name, difference, error in compare(run, run):
+        assert (difference, error) == (0.0, 0.0), name
+
+
+def test_a_gain_on_every_image_is_measured_as_that_gain() -> None:
+    # Past the front's most editable end the front is flat: a fidelity gain is an advantage gain.
+    result = dict((name, (difference, error)) for name, difference, error in compare(
+        _run("sks", 0.1) + _run("zkw", 0.2), _run("sks", 0.0) + _run("zkw", 0.0)))
+    assert result["lora sks"] == pytest.approx((0.1, 0.0), abs=1e-9)
+    assert result["lora zkw"] == pytest.approx((0.2, 0.0), abs=1e-9)
+    assert result["mean"] == pytest.approx((0.15, 0.0), abs=1e-9)
+
+
+def test_runs_with_different_images_are_not_compared() -> None:
+    with pytest.raises(ValueError, match="different cases"):
+        compare(_run("sks", 0.0, n=48), _run("sks", 0.0, n=24))
