@@ -186,6 +186,8 @@ def resampled_advantages(rows: Sequence[Row], variant: str = "attention", resamp
     the same draw for any run with the same number of images (so two runs of one pair compare
     image for image: ``compare``)."""
     kept = [r for r in rows if r.fidelities is not None and r.editabilities is not None]
+    if len(kept) != len(rows):
+        raise ValueError("rows without per-image scores (a --json written before they were kept): rerun it")
     fidelity = torch.tensor([r.fidelities for r in kept], dtype=torch.float64)
     editability = torch.tensor([r.editabilities for r in kept], dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
@@ -211,8 +213,9 @@ def advantage_error(rows: Sequence[Row], variant: str = "attention", resamples: 
 
 def compare(rows: Sequence[Row], baseline: Sequence[Row], variant: str = "attention") -> list[tuple[str, float, float]]:
     """Per (method, subject) in both, and ``mean`` last: the advantage minus the baseline run's, and
-    its standard error, both runs resampled with the same draw of images (paired: the images'
-    shared luck cancels). The runs must have the same cases (split, seeds) for each pair."""
+    its standard error, both runs resampled with the same draw of images (paired; the images of two
+    settings differ, so measured it cancels little). The runs must have the same cases (split, seeds)
+    for each pair."""
 
     def pairs(group: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
         out: dict[tuple[str, str], list[Row]] = {}
@@ -224,11 +227,13 @@ def compare(rows: Sequence[Row], baseline: Sequence[Row], variant: str = "attent
     result = []
     differences, variances = [], []
     for key in [k for k in ours if k in theirs]:
+        ours_resampled, theirs_resampled = resampled_advantages(ours[key], variant), resampled_advantages(
+            theirs[key], variant)
         counts = {len(r.fidelities or ()) for r in [*ours[key], *theirs[key]]}
         if len(counts) != 1:
             raise ValueError(f"{key}: the runs have different cases ({sorted(counts)} images)")
         difference = advantage(ours[key], variant) - advantage(theirs[key], variant)
-        spread = resampled_advantages(ours[key], variant) - resampled_advantages(theirs[key], variant)
+        spread = ours_resampled - theirs_resampled
         differences.append(difference)
         variances.append(float(spread.var()))
         result.append((f"{key[0]} {key[1]}", difference, float(spread.std())))

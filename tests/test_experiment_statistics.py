@@ -78,3 +78,9 @@ def test_a_gain_on_every_image_is_measured_as_that_gain() -> None:
 def test_runs_with_different_images_are_not_compared() -> None:
     with pytest.raises(ValueError, match="different cases"):
         compare(_run("sks", 0.0, n=48), _run("sks", 0.0, n=24))
+
+
+def test_rows_without_per_image_scores_are_refused_with_a_reason() -> None:
+    old = [Row(**{**r.__dict__, "fidelities": None, "editabilities": None}) for r in _run("sks", 0.0)]
+    with pytest.raises(ValueError, match="per-image scores"):
+        compare(old, _run("sks", 0.0))
