@@ -20,9 +20,9 @@ is scored by the judge (``lab.scoring``):
                ``--oracle-phases`` also ``oracle first half`` / ``oracle second half``: that region for
                the first or the last half of the steps, the estimated mask for the rest (which phase
                of sampling a precise mask matters in)
-- ``two-pass``  (``--two-pass``) DeGu with the attention variant's own final mask at every step of a
-               second run from the same noise: what an estimate that knows the layout from step 0
-               would give, at twice the cost (not a user setting)
+- ``layout pass``  (``--layout-pass``) a second run from the same noise with the hard mask of where
+               the ``attention`` run put the subject (``lib_degu.mask.layout_mask``) at every step:
+               DeGu knowing the layout from step 0, at twice DeGu's cost (not yet a WebUI setting)
 
 The table gives mean fidelity, editability and mask IoU/AUROC (against the subject's region in the
 image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
@@ -56,8 +56,9 @@ BALANCE_SWEEP = (-0.5, -0.25, 0.25, 0.5)
 IDENTITY_SWEEP = (1.5,)
 STEP_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 ORACLE = "oracle region"
-TWO_PASS = "two-pass"
+LAYOUT_PASS = "layout pass"
 ORACLE_PHASES = {"oracle first half": range(STEPS // 2), "oracle second half": range(STEPS // 2, STEPS)}
+EXTRA_VARIANTS = (ORACLE, *ORACLE_PHASES, LAYOUT_PASS)  # their advantages are printed beside the defaults'
 
 
 def contexts(subject: Subject, split: str) -> list[Context]:
@@ -116,11 +117,12 @@ def run_variant(
     eta: float = ETA,
     fixed_mask: torch.Tensor | None = None,
     fixed_steps: range | None = None,
-) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    layout: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor | list[torch.Tensor] | float | None]:
     words = subject.shape if generic_prompt else f"{subject.token} {subject.shape}"
     prompts = [context.prompt(words) for context, _ in cases]
     result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=settings is not None, eta=eta,
-                    fixed_mask=fixed_mask, fixed_steps=fixed_steps)
+                    fixed_mask=fixed_mask, fixed_steps=fixed_steps, layout=layout)
     reading = lab_judge.read(judge, result.images)
     return {
         "fidelity": scoring.fidelity(reading, subject),
@@ -129,6 +131,7 @@ def run_variant(
         "masks": result.masks,
         "images": result.images,
         "cost": result.model_rows / (2 * STEPS * len(cases)),
+        "layout": result.layout,
     }
 
 
@@ -246,15 +249,15 @@ def run_pair(
     model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
     cases: Sequence[tuple[Context, int]], *, sweep: bool = True, overrides: Mapping[str, object] | None = None,
     phrase: bool = False, refresh: Sequence[int] = (), eta: float = ETA, oracle: bool = True,
-    oracle_phases: bool = False, two_pass: bool = False,
+    oracle_phases: bool = False, layout_pass: bool = False,
 ) -> list[Row]:
     """Every variant for one personalised model. ``overrides`` replace DeGu's defaults (mask settings
     to try) in the DeGu variants, under the variant's own changes. ``phrase``: the subject field holds
     the token and the class word ("sks circle" -> "circle"): the same generic prompt, and the mask
     reads the attention of both words. ``oracle``: also DeGu with the subject's judged region in the
     attention variant's images as the mask at every step (``ORACLE``): what a perfect mask gives;
-    ``oracle_phases``: also that mask in one half of the steps only (``ORACLE_PHASES``); ``two_pass``:
-    also the attention variant's final mask at every step (``TWO_PASS``)."""
+    ``oracle_phases``: also that mask in one half of the steps only (``ORACLE_PHASES``); ``layout_pass``:
+    also a second run with the attention run's layout mask (``LAYOUT_PASS``), costed as both runs."""
 
     words = {"subject": f"{subject.token} {subject.shape}", "generic": subject.shape} if phrase else {}
 
@@ -286,9 +289,9 @@ def run_pair(
             for phase, steps in ORACLE_PHASES.items() if oracle_phases else ():
                 rows.append(summarise(method, subject, phase, run_variant(
                     model, judge, subject, cases, settings, eta=eta, fixed_mask=region, fixed_steps=steps)))
-        if name == "attention" and two_pass:
-            rows.append(summarise(method, subject, TWO_PASS, run_variant(
-                model, judge, subject, cases, settings, eta=eta, fixed_mask=out["masks"][-1])))
+        if name == "attention" and layout_pass:
+            second = run_variant(model, judge, subject, cases, settings, eta=eta, layout=out["layout"])
+            rows.append(summarise(method, subject, LAYOUT_PASS, {**second, "cost": out["cost"] + second["cost"]}))
     return rows
 
 
@@ -377,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", choices=("dev", "test", "all"), default="test")
     parser.add_argument("--no-sweep", action="store_true", help="only the global curve and the defaults")
     parser.add_argument("--no-oracle", action="store_true", help="leave out the oracle-region variant")
-    parser.add_argument("--two-pass", action="store_true",
-                        help="also the attention variant's final mask at every step of a second run")
+    parser.add_argument("--layout-pass", action="store_true",
+                        help="also a second run from the same noise with the hard mask of where the attention "
+                             "run put the subject, at every step")
     parser.add_argument("--oracle-phases", action="store_true",
                         help="also the oracle region in the first / the second half of the steps only")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
@@ -404,19 +408,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows: list[Row] = []
     advantages: list[float] = []
     errors: list[float] = []
+    extras: dict[str, list[tuple[float, float]]] = {}  # per variant of EXTRA_VARIANTS: (advantage, error) per pair
     for subject in args.subjects:
         cases = [(context, seed) for context in contexts(subject, args.split) for seed in args.seeds]
         for method in args.methods:
             pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
                             sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase, refresh=args.refresh,
                             eta=args.eta, oracle=not args.no_oracle, oracle_phases=args.oracle_phases,
-                            two_pass=args.two_pass)
+                            layout_pass=args.layout_pass)
             rows += pair
             advantages.append(advantage(pair))
             errors.append(advantage_error(pair))
             attention = next(r for r in pair if r.variant == "attention")
-            oracle = "".join(f"  {name} {advantage(pair, name):+.3f} ± {advantage_error(pair, name):.3f}"
-                             for name in (ORACLE, *ORACLE_PHASES, TWO_PASS) if any(r.variant == name for r in pair))
+            present = [name for name in EXTRA_VARIANTS if any(r.variant == name for r in pair)]
+            for name in present:
+                extras.setdefault(name, []).append((advantage(pair, name), advantage_error(pair, name)))
+            oracle = "".join(f"  {name} {extras[name][-1][0]:+.3f} ± {extras[name][-1][1]:.3f}" for name in present)
             print(f"{method:<10} {subject.token:<5} advantage {advantages[-1]:+.3f} ± {errors[-1]:.3f}  "
                   f"IoU {attention.iou:.3f}  coverage {attention.coverage:.2f}{oracle}", flush=True)
     print()
@@ -438,6 +445,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Pairs are independent models and noise draws: the mean's error adds theirs in quadrature.
     print(f"advantage {statistics.fmean(advantages):+.3f} ± {sum(e * e for e in errors) ** 0.5 / len(errors):.3f} "
           f"(bootstrap standard error over images; per pair above)")
+    for name, measured in extras.items():
+        if len(measured) == len(advantages):
+            gains, spread = zip(*measured, strict=True)
+            print(f"{name} advantage {statistics.fmean(gains):+.3f} ± "
+                  f"{sum(e * e for e in spread) ** 0.5 / len(spread):.3f}")
     print(f"quality iou={iou:.3f} advantage={statistics.fmean(advantages):.3f}")
 
 

@@ -37,6 +37,7 @@ class Result:
     # Per step that ran the generic rows: (step, sigma, s, g, u) as denoised predictions.
     streams: list[tuple[int, float, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     model_rows: int = 0  # image rows the UNet evaluated, summed over steps (the cost)
+    layout: torch.Tensor | None = None  # (B, 1, 16, 16) where this run put the subject: ``Guide.layout_mask``
 
 
 @dataclass
@@ -87,9 +88,11 @@ def sample(
     probes: Sequence[AttentionCapture] = (),
     fixed_mask: torch.Tensor | None = None,
     fixed_steps: range | None = None,
+    layout: torch.Tensor | None = None,
 ) -> Result:
     """Plain CFG when ``settings`` is None or disabled, else DeGu with those settings (and, given
     ``fixed_mask``, that mask at every step of ``fixed_steps``, default all: ``FixedMaskGuide``).
+    ``layout``: a first run's ``Result.layout`` from the same seeds, used at every step (a layout pass).
 
     ``probes``: extra captures (other layer choices) read on the identity rows at every step, for
     measuring maps DeGu did not use; they must be entered by the caller.
@@ -106,7 +109,7 @@ def sample(
         rows += [make_generic_prompt(p, settings.subject, settings.generic) for p in prompts]
         positions = [model.tokenizer.positions(p, settings.subject) for p in prompts]
         indicator = token_indicator(positions, CONTEXT_LENGTH)
-        guide = (Guide(settings) if fixed_mask is None
+        guide = (Guide(settings, layout=layout) if fixed_mask is None
                  else FixedMaskGuide(settings, fixed=fixed_mask, fixed_steps=fixed_steps))
         capture = AttentionCapture(model.unet)
     rows += [negative] * batch
@@ -155,4 +158,6 @@ def sample(
             if eta > 0 and i + 1 < len(ts):
                 x = x + sigma * torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators])
     result.images = to_image(x).clamp(-1, 1)
+    if degu:
+        result.layout = guide.layout_mask()
     return result

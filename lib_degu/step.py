@@ -40,7 +40,7 @@ def is_active(settings: DeGuSettings, step_fraction: float) -> bool:
 class StepOutput:
     output: torch.Tensor  # the guided prediction, same shape/dtype/device as the inputs
     mask: torch.Tensor  # (B, 1, H, W) float32, the mask that was used
-    source: str  # the mask source that actually ran: attention, difference or full
+    source: str  # the mask source that actually ran: attention, difference, full or layout
 
 
 @dataclass
@@ -59,6 +59,11 @@ class Guide:
     calls_since_refresh: int = 0
     context_calls: int = 0  # model calls that ran the generic rows (for tests and the benchmark)
     reused_calls: int = 0  # model calls that rebuilt the context stream from the stored difference
+    # A layout pass: the mask (B, 1, h, w) a first pass from the same noise found (``layout_mask``),
+    # used at every step instead of the estimate, resized to the latent and moved by the balance.
+    layout: torch.Tensor | None = None
+    last_raw: torch.Tensor | None = None  # the last step's attention map (B, h, w), for ``layout_mask``
+    last_image: torch.Tensor | None = None  # and the identity stream's prediction at that step
 
     @property
     def mask_is_full(self) -> bool:
@@ -114,6 +119,9 @@ class Guide:
         if source == "full":
             full = mask.full_mask(s.shape[0], size, s.device)
             return mask.apply_balance(full, self.settings.balance), source
+        if self.layout is not None:
+            fixed = mask.resize(self.layout[:, 0].to(device=s.device, dtype=torch.float32), size)
+            return mask.apply_balance(fixed, self.settings.balance)[:, None], "layout"
         if source == "attention" and attention is None:
             source = "difference"
         if source == "attention":
@@ -123,10 +131,20 @@ class Guide:
             self.attention_share_sum = share if self.attention_share_sum is None else self.attention_share_sum + share
             self.attention_share_steps += 1
         raw = attention if source == "attention" else mask.difference_map(s, g)
+        if source == "attention":
+            self.last_raw, self.last_image = attention, s
         # The attention map is coarser than the latent: ``snap`` pulls it onto the edges of the image the
         # identity stream predicts. The difference map is at the latent's own size already.
         image = s if source == "attention" else None
         return mask.refine(raw, size, self.settings.mask_params, self.mask_state, image=image), source
+
+    def layout_mask(self) -> torch.Tensor | None:
+        """The hard mask of where this pass put the subject (``mask.layout_mask`` of its last attention
+        step), for a second pass from the same noise; None when no step read the attention."""
+        if self.last_raw is None or self.last_image is None:
+            return None
+        size = (int(self.last_image.shape[-2]), int(self.last_image.shape[-1]))
+        return mask.layout_mask(self.last_raw, self.last_image, size, blur=self.settings.mask_params.blur)
 
     def attention_share(self) -> list[float] | None:
         """Per image, the subject's share of cross-attention averaged over steps (one host sync)."""

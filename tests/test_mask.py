@@ -158,3 +158,20 @@ def test_refine_snaps_only_when_asked_and_given_the_image():
     snapped = M.refine(raw, (16, 16), M.MaskParams(**{**params.__dict__, "snap": 5}), image=image)
     assert (unsnapped[0, 0] >= 0.5).sum() > 2 * region.sum()
     assert torch.equal(snapped[0, 0] >= 0.5, region[0])
+
+
+def test_the_layout_mask_is_hard_and_as_tight_as_the_subject():
+    """A finished pass's last map, coarse and with a floor, spilling over the subject: the layout mask
+    is 0 or 1 and exactly the subject once snapped to the final image; the soft mask would spill."""
+    image, region = _square_scene()
+    raw = torch.full((1, 8, 8), 0.2)  # cross-attention's floor
+    raw[0, 2:6, 2:6] = 0.75  # the spill around the subject, above the cut
+    raw[0, 3:5, 3:5] = 1.0
+    layout = M.layout_mask(raw, image, (16, 16))
+    assert layout.shape == (1, 1, 16, 16)
+    assert torch.equal(layout[0, 0], region[0].float())
+    unsnapped = M.layout_mask(raw, image, (16, 16), snap=0)
+    assert set(unsnapped.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(unsnapped[0, 0], region[0].float())
+    # The pass's own soft mask at the defaults covers far more than the subject.
+    assert float(M.refine(raw, (16, 16), M.MaskParams()).mean()) > 2 * float(region.float().mean())

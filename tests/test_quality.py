@@ -153,21 +153,25 @@ def test_the_oracle_mask_is_used_at_every_step(base, value):
     assert [torch.equal(m, fixed) for m in half.masks] == [5 <= i < 10 for i in range(len(half.masks))]
 
 
-def test_the_two_pass_variant_runs_again_with_the_attention_runs_final_mask(base, monkeypatch):
-    """``--two-pass``: the second run's fixed mask is the final mask the attention run used."""
+def test_the_layout_pass_runs_again_with_the_layout_the_attention_run_found(base, monkeypatch):
+    """``--layout-pass``: the second run uses, at every step, the hard mask of where the attention run
+    put the subject (``Guide.layout_mask``: its last step's map), and is costed as both runs."""
     model = personalise.load(LEARNED, "ti", base)
     cases = [(experiment.contexts(LEARNED, "test")[0], seed) for seed in (0, 1)]
-    finals, fixed = [], []
+    runs = []
     run_variant = experiment.run_variant
 
-    def recording(*args, fixed_mask=None, **kwargs):
-        out = run_variant(*args, fixed_mask=fixed_mask, **kwargs)
-        if out["masks"]:
-            (fixed if fixed_mask is not None else finals).append(out["masks"])
+    def recording(*args, **kwargs):
+        out = run_variant(*args, **kwargs)
+        runs.append((kwargs.get("layout"), out))
         return out
 
     monkeypatch.setattr(experiment, "run_variant", recording)
     rows = experiment.run_pair(model, lab_judge.load(), "ti", LEARNED, cases, sweep=False, phrase=True,
-                               oracle=False, two_pass=True)
-    assert [r.variant for r in rows][-2:] == ["attention", experiment.TWO_PASS]
-    assert all(torch.equal(m, finals[-1][-1]) for m in fixed[0])
+                               oracle=False, layout_pass=True)
+    assert [r.variant for r in rows][-2:] == ["attention", experiment.LAYOUT_PASS]
+    (_, first), (given, second) = runs[-2:]
+    assert given is first["layout"]
+    assert set(given.unique().tolist()) == {0.0, 1.0} and 0.02 < float(given.mean()) < 0.5  # hard and tight
+    assert all(torch.equal(m, given) for m in second["masks"])
+    assert rows[-1].cost == pytest.approx(first["cost"] + second["cost"])

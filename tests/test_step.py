@@ -154,3 +154,42 @@ def test_full_mask_without_generic_rows_gives_the_plain_cfg_result():
     assert torch.equal(guide.delta(u, s, None, cfg_scale=7.0), torch.zeros_like(s))
     boosted = Guide(DeGuSettings(enabled=True, mask_source="full", identity_scale=1.5))
     assert torch.allclose(boosted(u, s, None, cfg_scale=7.0).output, u + 7.0 * 1.5 * (s - u))
+
+
+def test_a_layout_is_the_mask_at_every_step_resized_and_moved_by_the_balance():
+    layout = torch.zeros(1, 1, 8, 8)
+    layout[..., 2:6, 2:6] = 1.0
+    u, s, g = torch.zeros(1, 4, 16, 16), torch.ones(1, 4, 16, 16), torch.full((1, 4, 16, 16), 2.0)
+    attention = torch.rand(1, 8, 8)  # ignored: the layout stands for every estimate
+    for balance in (0.0, 0.5, -0.5):
+        guide = Guide(DeGuSettings(enabled=True, balance=balance), layout=layout)
+        for _ in range(2):
+            out = guide(u, s, g, cfg_scale=5.0, attention=attention)
+            assert out.source == "layout"
+            expected = torch.nn.functional.interpolate(layout, size=(16, 16), mode="bilinear", align_corners=False)
+            if balance > 0:
+                expected = 1 - (1 - balance) * (1 - expected)
+            elif balance < 0:
+                expected = (1 + balance) * expected
+            torch.testing.assert_close(out.mask, expected)
+
+
+def test_the_layout_mask_reads_the_passs_last_attention_step():
+    from lib_degu import mask
+
+    guide = Guide(DeGuSettings(enabled=True))
+    u = torch.zeros(2, 4, 16, 16)
+    maps = [torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    images = [torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)]
+    assert guide.layout_mask() is None  # no step yet
+    for raw, s in zip(maps, images, strict=True):
+        guide(u, s, s + 1, cfg_scale=5.0, attention=raw)
+    torch.testing.assert_close(guide.layout_mask(), mask.layout_mask(maps[-1], images[-1], (16, 16)))
+    assert not torch.equal(guide.layout_mask(), mask.layout_mask(maps[0], images[0], (16, 16)))
+
+
+def test_no_layout_from_a_pass_that_never_read_the_attention():
+    guide = Guide(DeGuSettings(enabled=True, mask_source="difference"))
+    s = torch.randn(1, 4, 16, 16)
+    guide(torch.zeros_like(s), s, s + 1, cfg_scale=5.0, attention=torch.rand(1, 8, 8))
+    assert guide.layout_mask() is None
