@@ -145,6 +145,15 @@ class DeGuSettings:
             "rim to the scene and measured no better overall, so 0 (off) is the default.",
             minimum=0, maximum=10, step=1, before_it_existed=0)},
     )
+    layout_pass: bool = field(
+        default=False,
+        metadata={"spec": FieldSpec(
+            "Layout pass (2x time)", "DeGu layout pass",
+            "Sample each image twice from the same noise: the first pass finds where the subject lands, "
+            "the second guides with a tight mask of that place from the first step. About twice the "
+            "time; measured 2-5x DeGu's fidelity gain over a global mix. Needs the attention mask.",
+            before_it_existed=False)},
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -68,7 +68,7 @@ class DeGuScript(scripts.Script):
             with gr.Row():
                 for name in ("subject", "generic"):
                     components[name] = _component(name, _ui_default(name), self.elem_id(name))
-            for name in ("identity_scale", "context_scale", "balance", "mask_source"):
+            for name in ("identity_scale", "context_scale", "balance", "mask_source", "layout_pass"):
                 components[name] = _component(name, _ui_default(name), self.elem_id(name))
                 if name == "balance":
                     gr.HTML(BALANCE_ENDS, elem_id=self.elem_id("balance_ends"))
@@ -220,7 +220,7 @@ def register_xyz_axes() -> None:
                     confirm=xyz.confirm_range(spec.minimum, spec.maximum, label),
                 )
             )
-        elif f.name == "enabled":
+        elif f.type == "bool" and spec.infotext is not None:  # enabled, layout_pass (show_mask is per view)
             axes.append(
                 xyz.AxisOption(label, str, _apply_bool(f"degu_{f.name}"), choices=xyz.boolean_choice(reverse=True))
             )
@@ -239,7 +239,7 @@ def on_ui_settings() -> None:
     from modules import shared
 
     section = ("degu", "DeGu")
-    for name in ("identity_scale", "context_scale", "mask_source", "show_mask", "context_refresh"):
+    for name in ("identity_scale", "context_scale", "mask_source", "layout_pass", "show_mask", "context_refresh"):
         spec = DeGuSettings.spec(name)
         default = getattr(DeGuSettings(), name)
         if spec.choices is not None:

@@ -761,3 +761,127 @@ def test_old_infotext_without_context_refresh_pastes_every_step(host):
     old = {"DeGu": "True", "DeGu subject": "sks", "DeGu generic": "a"}
     assert DeGuSettings.from_infotext(old).context_refresh == 1
     assert DeGuSettings.from_infotext({**old, "DeGu context refresh": "3"}).context_refresh == 3
+
+
+LAYOUT = {**ON, "layout_pass": True, "context_scale": 1.5}
+
+
+def test_the_layout_pass_samples_again_from_the_same_noise(host):
+    """An ancestral sampler draws every step's noise from ``p.rng``: with the mask 1 everywhere
+    (balance +1) the second pass is the host's own image bit for bit, so it replayed the first
+    pass's initial and per-step noise; it ran twice, the first pass's latent untouched."""
+    plain = run(None, sampler_name="LCM").latents
+    calls, handle = rows_per_call(host.model.diffusion_model)
+    try:
+        processed = run({**LAYOUT, "balance": 1.0}, sampler_name="LCM")
+    finally:
+        handle.remove()
+    _no_errors(processed)
+    assert len(calls) == 2 * 4
+    assert torch.equal(processed.latents, plain)
+    assert processed.p.extra_generation_params["DeGu layout pass"] == "True"
+
+
+def test_the_second_pass_guides_with_the_first_passs_layout_and_every_patch_is_undone(host, monkeypatch):
+    from lib_degu import step
+
+    layouts, used = [], []
+    layout_mask, make_mask = step.Guide.layout_mask, step.Guide.make_mask
+
+    def recording_layout(self):
+        layouts.append(layout_mask(self))
+        return layouts[-1]
+
+    def recording_make_mask(self, s, g, attention):
+        used.append(make_mask(self, s, g, attention))
+        return used[-1]
+
+    monkeypatch.setattr(step.Guide, "layout_mask", recording_layout)
+    monkeypatch.setattr(step.Guide, "make_mask", recording_make_mask)
+    plain = run(None).latents
+    with a1111_support.created_samplers() as samplers:
+        processed = run(LAYOUT)
+    _no_errors(processed)
+    assert len(layouts) == 1 and set(layouts[0].unique().tolist()) <= {0.0, 1.0}
+    assert [source for _, source in used] == ["attention"] * 4 + ["layout"] * 4
+    assert all(torch.equal(mask, layouts[0]) for mask, _ in used[4:])  # 8x8 latents: no resize
+    assert processed.p.extra_generation_params["DeGu mask used"] == "attention, layout"
+    assert not torch.equal(processed.latents, plain)
+    a1111_support.assert_sampler_clean(samplers[0])
+    assert samplers[0].func.__name__ == "sample_euler"  # the host's own, not the first pass's copying wrapper
+
+
+def test_a_hires_pass_reuses_the_layout_instead_of_sampling_twice(host):
+    calls, handle = rows_per_call(host.model.diffusion_model)
+    try:
+        processed = run(LAYOUT, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=3)
+    finally:
+        handle.remove()
+    _no_errors(processed)
+    assert len(calls) == 2 * 4 + 3
+    assert processed.p.extra_generation_params["DeGu mask used"] == "attention, layout"
+
+
+def test_an_interrupt_in_the_first_pass_keeps_it_and_samples_no_second(host, monkeypatch):
+    from lib_degu.hosts import common
+
+    calls, restored = [], []
+    monkeypatch.setattr(common.NoiseState, "restore", lambda self: restored.append(1))
+
+    def interrupt(module, args):
+        calls.append(1)
+        if len(calls) == 2:
+            shared.state.interrupted = True
+
+    handle = host.model.diffusion_model.register_forward_pre_hook(interrupt)
+    try:
+        run(LAYOUT)
+    finally:
+        handle.remove()
+        shared.state.interrupted = False
+    assert len(calls) == 2 and not restored
+
+
+def test_the_layout_pass_without_the_attention_mask_samples_once_and_says_why(host):
+    calls, handle = rows_per_call(host.model.diffusion_model)
+    try:
+        processed = run({**LAYOUT, "mask_source": "difference"})
+    finally:
+        handle.remove()
+    assert len(calls) == 4
+    assert any("layout pass needs the attention mask" in c for c in processed.p.comments)
+
+
+def test_the_second_pass_counts_its_steps_from_zero(host, monkeypatch):
+    """DeGu's window is read from the host's step counter: the second pass's steps are 0..3 again."""
+    from lib_degu import step
+
+    sources = []
+    make_mask = step.Guide.make_mask
+
+    def recording(self, s, g, attention):
+        result = make_mask(self, s, g, attention)
+        sources.append(result[1])
+        return result
+
+    monkeypatch.setattr(step.Guide, "make_mask", recording)
+    run({**LAYOUT, "end": 0.5})
+    assert sources == ["attention"] * 2 + ["layout"] * 2
+
+
+def test_a_sampler_that_updates_its_start_latent_in_place_cannot_change_the_second_pass(host):
+    import sys
+
+    kdiffusion = sys.modules["modules.sd_samplers_kdiffusion"]
+    euler = kdiffusion.sample_euler
+
+    def in_place(model, x, *args, **kwargs):
+        out = euler(model, x, *args, **kwargs)
+        x.zero_()
+        return out
+
+    plain = run(None).latents
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kdiffusion, "sample_euler", in_place)
+        processed = run({**LAYOUT, "balance": 1.0})
+    assert torch.equal(processed.latents, plain)

@@ -261,7 +261,7 @@ def test_the_forge_script_reads_every_positional_arg_into_its_own_field(forge):
     custom = DeGuSettings(
         enabled=True, subject="sks", generic="a", identity_scale=1.25, context_scale=0.75, balance=-0.25,
         mask_source="difference", threshold=0.4, softness=0.15, blur=2.5, ema=0.45, start=0.05, end=0.95,
-        show_mask=True, context_refresh=5, snap=2,
+        show_mask=True, context_refresh=5, snap=2, layout_pass=True,
     )
     defaults = DeGuSettings()
     assert all(getattr(custom, name) != getattr(defaults, name) for name in DeGuSettings.names())
@@ -811,3 +811,58 @@ def test_context_reuse_in_the_hires_pass_and_against_every_step(forge):
     plain, _ = _run(forge, enable_hr=True)
     assert torch.isfinite(reused).all()
     assert not torch.equal(reused, every_step) and not torch.allclose(reused, plain, atol=1e-3)
+
+
+LAYOUT = {**ON, "layout_pass": True, "context_scale": 1.5}
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_the_layout_pass_samples_again_from_the_same_noise(forge, sampler):
+    """DDIM with eta 1 draws each step's noise from torch's global RNG (seeded here as the real host's
+    ImageRNG seeds it): with the mask 1 everywhere (balance +1) the second pass is Forge's own image,
+    so it replayed that noise; it ran twice."""
+    host = harness.make_host("sd15")
+    torch.manual_seed(1)
+    plain, _ = _run(forge, host=host, sampler_name=sampler, eta=1.0)
+    rows, handle = _rows_per_call(host)
+    try:
+        torch.manual_seed(1)
+        out, processed = _run(forge, degu={**LAYOUT, "balance": 1.0}, host=host, sampler_name=sampler, eta=1.0)
+    finally:
+        handle.remove()
+    _no_errors(processed)
+    assert len(rows) == 2 * 3
+    assert torch.equal(out, plain)
+    assert processed.p.extra_generation_params["DeGu layout pass"] == "True"
+
+
+def test_the_second_pass_guides_with_the_layout_and_the_launch_patch_is_undone(forge, monkeypatch):
+    from modules import sd_samplers_common
+
+    from lib_degu import step
+
+    sources, samplers = [], []
+    make_mask = step.Guide.make_mask
+    launch = sd_samplers_common.Sampler.launch_sampling
+
+    def recording(self, s, g, attention):
+        result = make_mask(self, s, g, attention)
+        sources.append(result[1])
+        return result
+
+    def recording_launch(self, steps, func):
+        samplers.append(self)
+        return launch(self, steps, func)
+
+    monkeypatch.setattr(step.Guide, "make_mask", recording)
+    monkeypatch.setattr(sd_samplers_common.Sampler, "launch_sampling", recording_launch)
+    host = harness.make_host("sd15")
+    plain, _ = _run(forge, host=host)
+    samplers.clear()
+    out, processed = _run(forge, degu=LAYOUT, host=host, enable_hr=True, hr_scale=2.0, hr_cfg=7.0)
+    _no_errors(processed)
+    assert sources == ["attention"] * 3 + ["layout"] * 3 + ["layout"] * 3  # base twice, hires reuses it
+    assert processed.p.extra_generation_params["DeGu mask used"] == "attention, layout"
+    assert len({id(s) for s in samplers}) == 2  # the base pass and the hires pass
+    assert all("launch_sampling" not in vars(s) for s in samplers)
+    assert all(s.func.__name__ != "<lambda>" for s in samplers)

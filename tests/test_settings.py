@@ -96,8 +96,8 @@ def test_validation_messages_name_the_field_and_its_range(values, message):
 
 
 def test_too_many_positional_args():
-    with pytest.raises(ValueError, match="expected at most 16 arguments"):
-        DeGuSettings.from_args([False] * 17)
+    with pytest.raises(ValueError, match="expected at most 17 arguments"):
+        DeGuSettings.from_args([False] * 18)
 
 
 def test_every_field_has_a_spec_and_infotext_keys_are_unique():
@@ -121,3 +121,11 @@ def test_old_infotext_without_snap_pastes_the_unsnapped_mask():
     assert DeGuSettings.from_infotext({**old, "DeGu snap": "3"}).snap == 3
     assert DeGuSettings(enabled=True).to_infotext()["DeGu snap"] == str(DeGuSettings().snap)
     assert DeGuSettings(snap=2).mask_params.snap == 2
+
+
+def test_old_infotext_without_layout_pass_pastes_a_single_pass():
+    """Images made before the layout pass existed were sampled once: they paste with it off."""
+    old = {"DeGu": "True", "DeGu subject": "sks"}
+    assert DeGuSettings.from_infotext(old).layout_pass is False
+    assert DeGuSettings.from_infotext({**old, "DeGu layout pass": "True"}).layout_pass is True
+    assert DeGuSettings(enabled=True, layout_pass=True).to_infotext()["DeGu layout pass"] == "True"

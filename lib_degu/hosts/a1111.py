@@ -12,6 +12,7 @@ before the trailing uncond rows; the callback does nothing for denoisers that ca
 
 from __future__ import annotations
 
+import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +29,12 @@ from lib_degu.hosts.common import (
     GenericRows,
     and_parts,
     generic_conds,
+    hires_layout,
     plan_prompts,
+    sample_with_layout_pass,
     sd3_subject_keys,
     subject_positions,
+    wants_layout_pass,
 )
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
@@ -160,7 +164,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         generic_rows=generic_rows,
         identity_rows=identity_rows,
         positions=positions,
-        guide=Guide(settings),
+        guide=Guide(settings, layout=hires_layout(p, generation)),
         checkpoint=_loaded_checkpoint(),
     )
     source_rows = [0] * len(generic_rows)
@@ -220,6 +224,9 @@ def _patch_sampler(sampler: Any, state: Pass) -> None:
         try:
             if state.capture is not None:
                 state.capture.__enter__()
+            if wants_layout_pass(state):
+                return sample_with_layout_pass(state, sampler, original_launch, steps, func, stopped=_stopped,
+                                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None))
             return original_launch(steps, func)
         finally:
             unpatch_sampler(sampler)
@@ -227,6 +234,10 @@ def _patch_sampler(sampler: Any, state: Pass) -> None:
     denoiser.combine_denoised = types.MethodType(combine_denoised, denoiser)
     sampler.launch_sampling = launch_sampling
     setattr(denoiser, PASS_ATTR, state)
+
+
+def _stopped() -> bool:
+    return bool(shared.state.interrupted or shared.state.skipped or getattr(shared.state, "stopping_generation", False))
 
 
 def unpatch_sampler(sampler: Any) -> None:

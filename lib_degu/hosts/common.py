@@ -6,8 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from lib_degu.plan import ImagePlan, plan_image
 from lib_degu.settings import DeGuSettings
+from lib_degu.step import Guide
 from lib_degu.tokens import differing_positions, flatten_chunks
 
 
@@ -23,6 +26,8 @@ class Generation:
     # Per batch iteration: the active images and the guide of its last pass (hires replaces first).
     guides: dict[int, tuple[list[int], Any]] = field(default_factory=dict)
     all_guides: list[Any] = field(default_factory=list)
+    # Per batch iteration: where the layout pass found the subject (B, 1, h, w); a hires pass reuses it.
+    layouts: dict[int, Any] = field(default_factory=dict)
 
     def note(self, p: Any, message: str) -> None:
         """Tell the user once: in the console and in the comments shown under the result."""
@@ -207,3 +212,114 @@ class GenericRows:
                 self._rows = stack(conds)
             self._entries = entries
         return self._rows
+
+
+# -- the layout pass ---------------------------------------------------------------------------------
+@dataclass
+class NoiseState:
+    """Everything a pass draws noise from, to sample a second time from the same noise: the image
+    RNG ``p.rng`` (the initial noise, and the ancestral samplers' noise through the host's
+    TorchHijack), and the global torch RNGs (SDE samplers without a seed, Forge's DDPM)."""
+
+    rng: Any
+    generator_states: list[Any]
+    is_first: Any
+    cpu: torch.Tensor
+    cuda: list[torch.Tensor] | None
+    nv: tuple[Any, Any] | None  # A1111's global NV ("GPU-like") generator and its offset
+
+    @classmethod
+    def save(cls, p: Any, nv_rng: Any = None) -> NoiseState:
+        rng = getattr(p, "rng", None)
+        generators = list(getattr(rng, "generators", None) or [])
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return cls(
+            rng=rng,
+            generator_states=[_generator_state(g) for g in generators],
+            is_first=getattr(rng, "is_first", None),
+            cpu=torch.get_rng_state(),
+            cuda=cuda,
+            nv=(nv_rng, getattr(nv_rng, "offset", None)) if nv_rng is not None else None,
+        )
+
+    def restore(self) -> None:
+        for generator, state in zip(getattr(self.rng, "generators", None) or [], self.generator_states, strict=False):
+            if hasattr(generator, "set_state"):
+                generator.set_state(state)
+            elif state is not None:  # the NV source's philox generator: its position is an offset
+                generator.offset = state
+        if self.is_first is not None:
+            self.rng.is_first = self.is_first
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        if self.nv is not None and self.nv[1] is not None:
+            self.nv[0].offset = self.nv[1]
+
+
+def _generator_state(generator: Any) -> Any:
+    if hasattr(generator, "get_state"):
+        return generator.get_state()
+    return getattr(generator, "offset", None)
+
+
+def sample_with_layout_pass(
+    state: Any, sampler: Any, launch: Callable[[int, Any], Any], steps: int, func: Any, *,
+    stopped: Callable[[], bool], nv_rng: Any = None,
+) -> Any:
+    """Run the host's sampling loop (``launch(steps, func)``, its ``Sampler.launch_sampling``) twice
+    from the same noise: the first pass is DeGu as usual and finds where the subject lands
+    (``Guide.layout_mask``); the second guides with that layout at every step.
+
+    ``state``: the adapter's pass (``guide``, ``p``, ``generation``, ``active_images``); its guide is
+    replaced for the second pass. Noise: ``NoiseState``; the loop's start latent is given to the first
+    pass as a copy, so a sampler that updates it in place cannot change the second pass's start. An
+    interrupt, a skip or a pass that read no attention keeps the first pass's result.
+    """
+    noise = NoiseState.save(state.p, nv_rng)
+    own_func = "func" in vars(sampler)
+    original_func = sampler.func
+    sampler.func = lambda model, x, *args, **kwargs: original_func(model, x.clone(), *args, **kwargs)
+    try:
+        first = launch(steps, func)
+    finally:
+        if own_func:
+            sampler.func = original_func
+        else:
+            del sampler.func
+    layout = state.guide.layout_mask()
+    if layout is None:
+        state.generation.note(
+            state.p, "DeGu: the layout pass needs the attention mask, which this pass did not read; sampled once."
+        )
+        return first
+    if stopped():
+        return first
+    noise.restore()
+    sampler.model_wrap_cfg.step = 0
+    state.generation.layouts[int(getattr(state.p, "iteration", 0) or 0)] = layout
+    first_guide, state.guide = state.guide, Guide(state.generation.settings, layout=layout)
+    # The preview's caption: the subject's share of attention is the first pass's (the second reads none).
+    state.guide.attention_share_sum = first_guide.attention_share_sum
+    state.guide.attention_share_steps = first_guide.attention_share_steps
+    state.generation.remember(state.p, state.active_images, state.guide)
+    return launch(steps, func)
+
+
+def wants_layout_pass(state: Any) -> bool:
+    """Whether this pass samples twice; says why not when the user asked and it cannot."""
+    if not state.generation.settings.layout_pass or state.guide.layout is not None:
+        return False  # off, or a hires pass that reuses the base pass's layout
+    if state.capture is None:
+        state.generation.note(
+            state.p, "DeGu: the layout pass needs the attention mask, which is not available here; sampled once."
+        )
+        return False
+    return True
+
+
+def hires_layout(p: Any, generation: Generation) -> Any:
+    """The layout the base pass of this batch found, for a hires pass (None otherwise)."""
+    if not getattr(p, "is_hr_pass", False):
+        return None
+    return generation.layouts.get(int(getattr(p, "iteration", 0) or 0))

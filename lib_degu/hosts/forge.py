@@ -18,6 +18,7 @@ A1111 adapter applies. Per pass, on a clone of the pass's UnetPatcher (Forge dro
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -42,9 +43,12 @@ from lib_degu.hosts.common import (
     GenericRows,
     and_parts,
     generic_conds,
+    hires_layout,
     plan_prompts,
+    sample_with_layout_pass,
     sd3_subject_keys,
     subject_positions,
+    wants_layout_pass,
 )
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
@@ -246,7 +250,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
             prompt_parser,
         ),
         positions=positions,
-        guide=Guide(generation.settings),
+        guide=Guide(generation.settings, layout=hires_layout(p, generation)),
         base_unet=base_unet,
         model=p.sd_model,
     )
@@ -261,7 +265,45 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
     denoiser = getattr(getattr(p, "sampler", None), "model_wrap_cfg", None)
     if denoiser is not None:  # Forge creates the pass's sampler before process_before_every_sampling
         setattr(denoiser, PATCHER_ATTR, state)
+        if generation.settings.layout_pass:
+            _patch_launch(p.sampler, state)
     return state
+
+
+def _patch_launch(sampler: Any, state: Pass) -> None:
+    """For the layout pass: wrap this pass's ``launch_sampling`` once (``prepare_pass`` may run twice),
+    undone when it returns or raises."""
+    _unpatch_launch(sampler)
+    replaced = vars(sampler).get("launch_sampling")
+    original = sampler.launch_sampling
+
+    def launch_sampling(steps: int, func: Any) -> Any:
+        try:
+            if wants_layout_pass(state):
+                return sample_with_layout_pass(state, sampler, original, steps, func, stopped=_stopped,
+                                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None))
+            return original(steps, func)
+        finally:
+            _unpatch_launch(sampler)
+
+    launch_sampling.degu_replaced = (replaced,)  # type: ignore[attr-defined]
+    sampler.launch_sampling = launch_sampling
+
+
+def _unpatch_launch(sampler: Any) -> None:
+    ours = vars(sampler).get("launch_sampling")
+    if not hasattr(ours, "degu_replaced"):
+        return  # not patched, or another extension wrapped it after us: the pass's sampler is dropped anyway
+    (replaced,) = ours.degu_replaced
+    if replaced is None:
+        del sampler.launch_sampling
+    else:
+        sampler.launch_sampling = replaced
+
+
+def _stopped() -> bool:
+    state = shared.state
+    return bool(state.interrupted or state.skipped or getattr(state, "stopping_generation", False))
 
 
 def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[list[int]]) -> AttentionCapture | None:
@@ -558,3 +600,5 @@ def undo_pass(p: Any) -> None:
     state: Pass | None = getattr(p.sd_model.forge_objects.unet, PATCHER_ATTR, None)
     if state is not None:
         p.sd_model.forge_objects.unet = state.base_unet
+    if getattr(p, "sampler", None) is not None:
+        _unpatch_launch(p.sampler)

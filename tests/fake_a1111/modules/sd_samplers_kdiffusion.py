@@ -90,9 +90,11 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
 @torch.no_grad()
 def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
     """mirrors k_diffusion/sampling.py: sample_lcm - jump to the denoised x0, re-noise to the next
-    sigma (the fake's noise comes from a fixed-seed generator instead of the image RNG)."""
+    sigma. The noise comes from the image RNG ``p.rng`` as the host's TorchHijack routes k-diffusion's
+    ``randn_like`` (sd_samplers_common.py, 1.10.1); without one, from a fixed-seed generator."""
     extra_args = {} if extra_args is None else extra_args
     generator = torch.Generator().manual_seed(1234)
+    rng = getattr(getattr(model, "p", None), "rng", None)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -100,7 +102,8 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         x = denoised
         if sigmas[i + 1] > 0:
-            x = x + sigmas[i + 1] * torch.randn(x.shape, generator=generator).to(x)
+            noise = rng.next() if rng is not None else torch.randn(x.shape, generator=generator)
+            x = x + sigmas[i + 1] * noise.to(x)
     return x
 
 
