@@ -30,11 +30,10 @@ from lib_degu.hosts.common import (
     and_parts,
     generic_conds,
     hires_layout,
+    launch_pass,
     plan_prompts,
-    sample_with_layout_pass,
     sd3_subject_keys,
     subject_positions,
-    wants_layout_pass,
 )
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
@@ -224,20 +223,14 @@ def _patch_sampler(sampler: Any, state: Pass) -> None:
         try:
             if state.capture is not None:
                 state.capture.__enter__()
-            if wants_layout_pass(state):
-                return sample_with_layout_pass(state, sampler, original_launch, steps, func, stopped=_stopped,
-                                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None))
-            return original_launch(steps, func)
+            return launch_pass(state, sampler, original_launch, steps, func, host_state=shared.state,
+                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None))
         finally:
             unpatch_sampler(sampler)
 
     denoiser.combine_denoised = types.MethodType(combine_denoised, denoiser)
     sampler.launch_sampling = launch_sampling
     setattr(denoiser, PASS_ATTR, state)
-
-
-def _stopped() -> bool:
-    return bool(shared.state.interrupted or shared.state.skipped or getattr(shared.state, "stopping_generation", False))
 
 
 def unpatch_sampler(sampler: Any) -> None:

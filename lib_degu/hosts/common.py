@@ -263,6 +263,21 @@ def _generator_state(generator: Any) -> Any:
     return getattr(generator, "offset", None)
 
 
+def launch_pass(
+    state: Any, sampler: Any, launch: Callable[[int, Any], Any], steps: int, func: Any, *,
+    host_state: Any, nv_rng: Any = None,
+) -> Any:
+    """The pass's sampling loop (``launch(steps, func)``): once, or twice for the layout pass.
+    ``host_state``: the host's ``shared.state`` (interrupt, skip, stop)."""
+    if not wants_layout_pass(state):
+        return launch(steps, func)
+
+    def stopped() -> bool:
+        return bool(host_state.interrupted or host_state.skipped or getattr(host_state, "stopping_generation", False))
+
+    return sample_with_layout_pass(state, sampler, launch, steps, func, stopped=stopped, nv_rng=nv_rng)
+
+
 def sample_with_layout_pass(
     state: Any, sampler: Any, launch: Callable[[int, Any], Any], steps: int, func: Any, *,
     stopped: Callable[[], bool], nv_rng: Any = None,

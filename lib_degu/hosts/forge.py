@@ -44,11 +44,10 @@ from lib_degu.hosts.common import (
     and_parts,
     generic_conds,
     hires_layout,
+    launch_pass,
     plan_prompts,
-    sample_with_layout_pass,
     sd3_subject_keys,
     subject_positions,
-    wants_layout_pass,
 )
 from lib_degu.plan import ImagePlan, check_settings
 from lib_degu.settings import DeGuSettings
@@ -279,10 +278,8 @@ def _patch_launch(sampler: Any, state: Pass) -> None:
 
     def launch_sampling(steps: int, func: Any) -> Any:
         try:
-            if wants_layout_pass(state):
-                return sample_with_layout_pass(state, sampler, original, steps, func, stopped=_stopped,
-                                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None))
-            return original(steps, func)
+            return launch_pass(state, sampler, original, steps, func, host_state=shared.state,
+                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None))
         finally:
             _unpatch_launch(sampler)
 
@@ -299,11 +296,6 @@ def _unpatch_launch(sampler: Any) -> None:
         del sampler.launch_sampling
     else:
         sampler.launch_sampling = replaced
-
-
-def _stopped() -> bool:
-    state = shared.state
-    return bool(state.interrupted or state.skipped or getattr(state, "stopping_generation", False))
 
 
 def _make_capture(p: Any, generation: Generation, unet: Any, positions: list[list[int]]) -> AttentionCapture | None:
