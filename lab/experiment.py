@@ -332,7 +332,8 @@ def refresh_table(rows: Sequence[Row]) -> str:
 
 def plot(rows: Sequence[Row], path: Path) -> None:
     """Fidelity vs editability, mean over method x subject: the global mix and the attention mask's
-    balance sweep as curves (both end at plain CFG on the prompt and on the generic prompt)."""
+    balance sweep as curves (both end at plain CFG on the prompt and on the generic prompt); the
+    difference mask, the defaults, the layout pass and the oracle as points where they ran."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,7 +356,9 @@ def plot(rows: Sequence[Row], path: Path) -> None:
     for label, variants in curves.items():
         xs, ys = zip(*(point(v) for v in variants if v in names), strict=True)
         axes.plot(xs, ys, marker="o", label=label)
-    for name, marker, label in (("difference", "s", "DeGu difference mask"), ("attention", "*", "attention, defaults")):
+    markers = (("difference", "s", "DeGu difference mask"), ("attention", "*", "attention, defaults"),
+               (LAYOUT_PASS, "D", "layout pass (2x time)"), (ORACLE, "X", "oracle region (a perfect mask)"))
+    for name, marker, label in markers:
         if name in names:
             axes.plot(*point(name), marker=marker, markersize=12, linestyle="none", label=label)
     for name, text in (("prompt", "plain CFG, prompt"), ("generic", "plain CFG, generic prompt")):
