@@ -393,3 +393,21 @@ def test_neos_built_in_guidance_option_applies_on_top_of_degu(neo, name):
 
     assert _same(host.unet.model_options, before)  # nothing left on the shared patcher
     assert torch.equal(_run(neo, host=host, steps=1)[0], plain)
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_the_layout_pass_samples_twice_and_its_second_pass_guides_with_the_layout(neo, kind):
+    """Every Neo family: at balance +1 the layout pass's image is Neo's own (the second pass starts
+    from the first's noise), and at the defaults it ran as a layout pass wherever the family has an
+    attention map (Wan's video latents included)."""
+    plain, _ = _run(neo, kind)
+    out, processed = _run(neo, kind, degu={**ON, "layout_pass": True, "balance": 1.0})
+    _no_errors(processed)
+    assert torch.allclose(out, plain, atol=1e-5)
+    _, processed = _run(neo, kind, degu={**ON, "layout_pass": True})
+    _no_errors(processed)
+    used = processed.p.extra_generation_params["DeGu mask used"]
+    if "attention" in used:
+        assert used == "attention, layout"
+    else:
+        assert any("layout pass needs the attention mask" in c for c in processed.p.comments)
