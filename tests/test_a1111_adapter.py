@@ -433,6 +433,10 @@ def test_refiner_switch_steps_aside_after_the_switch_with_a_message(host, sample
     assert not torch.allclose(guided.latents, plain.latents, atol=1e-3)
     assert any("refiner" in comment and "DeGu is off after the switch" in comment for comment in guided.p.comments)
     assert not [c for c in guided.p.comments if "error" in c.lower()]
+    # The layout pass does not run with a refiner (the switch happens inside the first pass): one pass.
+    layout = generate({**ON, "context_scale": 2.0, "layout_pass": True}, 0.5)
+    assert torch.equal(layout.latents, generate({**ON, "context_scale": 2.0}, 0.5).latents)
+    assert any("layout pass does not run with a refiner" in comment for comment in layout.p.comments)
     # Switching before the first step: DeGu never guides, the result is the host's, bit for bit.
     immediate = generate({**ON, "context_scale": 2.0}, 0.0)
     assert torch.equal(immediate.latents, generate(None, 0.0).latents)

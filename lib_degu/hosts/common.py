@@ -330,6 +330,11 @@ def wants_layout_pass(state: Any) -> bool:
             state.p, "DeGu: the layout pass needs the attention mask, which is not available here; sampled once."
         )
         return False
+    p = state.p
+    if getattr(p, "refiner_checkpoint_info", None) is not None and (getattr(p, "refiner_switch_at", 1.0) or 0.0) < 1.0:
+        # The host switches models inside the loop: the first pass would leave the refiner loaded.
+        state.generation.note(p, "DeGu: the layout pass does not run with a refiner; sampled once.")
+        return False
     return True
 
 
