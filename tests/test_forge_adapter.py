@@ -754,6 +754,10 @@ def test_refiner_switch_steps_aside_after_the_switch_with_a_message(forge, sampl
     assert len(messages) == 1
     _no_errors(processed)
     assert processed.p.extra_generation_params["DeGu mask used"] == "difference"  # it guided before
+    # The layout pass does not run with a refiner (the switch happens inside the first pass): one pass.
+    layout, processed = generate({**ON, "context_scale": 2.0, "layout_pass": True})
+    assert torch.equal(layout, generate({**ON, "context_scale": 2.0})[0])
+    assert any("layout pass does not run with a refiner" in c for c in processed.p.comments)
     # Switching before the first model call: DeGu never guides, the result is the host's, bit for bit.
     immediate, processed = generate({**ON, "context_scale": 2.0}, switch_at=0.0)
     assert rows == {"base": [], "refiner": [2] * sum(calls.values())}
