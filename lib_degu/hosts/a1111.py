@@ -171,7 +171,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         source_rows[index] = cond_rows[image][part]
     state.generic_source_rows = torch.tensor(source_rows, dtype=torch.long)  # moved to the device once per step
     state.identity_index = torch.tensor(identity_rows, dtype=torch.long)  # moved to the device on first use
-    if settings.mask_source == "attention":
+    if settings.mask_source == "attention" and state.guide.layout is None:  # a reused layout reads none
         state.capture = _make_capture(p, generation, positions)
     generation.remember(p, active, state.guide)
     _patch_sampler(p.sampler, state)

@@ -26,8 +26,6 @@ class Generation:
     # Per batch iteration: the active images and the guide of its last pass (hires replaces first).
     guides: dict[int, tuple[list[int], Any]] = field(default_factory=dict)
     all_guides: list[Any] = field(default_factory=list)
-    # Per batch iteration: where the layout pass found the subject (B, 1, h, w); a hires pass reuses it.
-    layouts: dict[int, Any] = field(default_factory=dict)
 
     def note(self, p: Any, message: str) -> None:
         """Tell the user once: in the console and in the comments shown under the result."""
@@ -286,10 +284,11 @@ def sample_with_layout_pass(
     from the same noise: the first pass is DeGu as usual and finds where the subject lands
     (``Guide.layout_mask``); the second guides with that layout at every step.
 
-    ``state``: the adapter's pass (``guide``, ``p``, ``generation``, ``active_images``); its guide is
-    replaced for the second pass. Noise: ``NoiseState``; the loop's start latent is given to the first
-    pass as a copy, so a sampler that updates it in place cannot change the second pass's start. An
-    interrupt, a skip or a pass that read no attention keeps the first pass's result.
+    ``state``: the adapter's pass (``guide``, ``capture``, ``p``, ``generation``, ``active_images``);
+    its guide is replaced and its capture removed for the second pass. Noise: ``NoiseState``; the
+    loop's start latent is given to the first pass as a copy, so a sampler that updates it in place
+    cannot change the second pass's start. An interrupt, a skip or a pass that read no attention
+    keeps the first pass's result.
     """
     noise = NoiseState.save(state.p, nv_rng)
     own_func = "func" in vars(sampler)
@@ -312,7 +311,9 @@ def sample_with_layout_pass(
         return first
     noise.restore()
     sampler.model_wrap_cfg.step = 0
-    state.generation.layouts[int(getattr(state.p, "iteration", 0) or 0)] = layout
+    if state.capture is not None:  # the second pass reads no attention: no hooks, no maps per step
+        state.capture.remove()
+        state.capture = None
     first_guide, state.guide = state.guide, Guide(state.generation.settings, layout=layout)
     # The preview's caption: the subject's share of attention is the first pass's (the second reads none).
     state.guide.attention_share_sum = first_guide.attention_share_sum
@@ -339,7 +340,9 @@ def wants_layout_pass(state: Any) -> bool:
 
 
 def hires_layout(p: Any, generation: Generation) -> Any:
-    """The layout the base pass of this batch found, for a hires pass (None otherwise)."""
+    """The layout the base pass of this batch guided with, for a hires pass (None otherwise): the
+    layout of the guide remembered for this batch iteration."""
     if not getattr(p, "is_hr_pass", False):
         return None
-    return generation.layouts.get(int(getattr(p, "iteration", 0) or 0))
+    remembered = generation.guides.get(int(getattr(p, "iteration", 0) or 0))
+    return None if remembered is None else remembered[1].layout

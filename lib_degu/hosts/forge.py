@@ -253,7 +253,7 @@ def prepare_pass(p: Any, generation: Generation) -> Pass | None:
         base_unet=base_unet,
         model=p.sd_model,
     )
-    if generation.settings.mask_source == "attention":
+    if generation.settings.mask_source == "attention" and state.guide.layout is None:  # a reused layout reads none
         state.capture = _make_capture(p, generation, base_unet, positions)
 
     generation.remember(p, active, state.guide)
