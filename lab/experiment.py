@@ -22,7 +22,7 @@ is scored by the judge (``lab.scoring``):
                of sampling a precise mask matters in)
 - ``layout pass``  (``--layout-pass``) a second run from the same noise with the hard mask of where
                the ``attention`` run put the subject (``lib_degu.mask.layout_mask``) at every step:
-               DeGu knowing the layout from step 0, at twice DeGu's cost (not yet a WebUI setting)
+               DeGu knowing the layout from step 0, at twice DeGu's cost (the WebUI setting ``layout_pass``)
 
 The table gives mean fidelity, editability and mask IoU/AUROC (against the subject's region in the
 image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
@@ -295,6 +295,12 @@ def run_pair(
     return rows
 
 
+def mean_with_error(values: Sequence[float], errors: Sequence[float]) -> str:
+    """``+0.053 ± 0.021``: the mean over pairs; pairs are independent models and noise draws, so the
+    mean's error adds theirs in quadrature."""
+    return f"{statistics.fmean(values):+.3f} ± {sum(e * e for e in errors) ** 0.5 / len(errors):.3f}"
+
+
 def table(rows: Sequence[Row]) -> str:
     """Per variant, the mean over method x subject pairs."""
     names = list(dict.fromkeys(r.variant for r in rows))
@@ -445,14 +451,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{name:<16} {difference:+.3f} ± {error:.3f}")
     iou = statistics.fmean(r.iou for r in rows if r.variant == "attention")
     print(f"({len(rows)} rows, {time.perf_counter() - started:.0f} s)")
-    # Pairs are independent models and noise draws: the mean's error adds theirs in quadrature.
-    print(f"advantage {statistics.fmean(advantages):+.3f} ± {sum(e * e for e in errors) ** 0.5 / len(errors):.3f} "
-          f"(bootstrap standard error over images; per pair above)")
+    print(f"advantage {mean_with_error(advantages, errors)} (bootstrap standard error over images; per pair above)")
     for name, measured in extras.items():
         if len(measured) == len(advantages):
             gains, spread = zip(*measured, strict=True)
-            print(f"{name} advantage {statistics.fmean(gains):+.3f} ± "
-                  f"{sum(e * e for e in spread) ** 0.5 / len(spread):.3f}")
+            print(f"{name} advantage {mean_with_error(gains, spread)}")
     print(f"quality iou={iou:.3f} advantage={statistics.fmean(advantages):.3f}")
 
 
