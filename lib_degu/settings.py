@@ -234,8 +234,11 @@ class DeGuSettings:
         entries = {}
         for f in dataclasses.fields(self):
             key = f.metadata["spec"].infotext
-            if key is not None:
-                entries[key] = _format(getattr(self, f.name))
+            text = _format(getattr(self, f.name))
+            # A1111's and Forge's parser cannot read an empty value ("Error parsing", key dropped);
+            # a missing key pastes as the default, which is the empty text.
+            if key is not None and not (text.strip() == "" and f.default == ""):
+                entries[key] = text
         return entries
 
     @classmethod

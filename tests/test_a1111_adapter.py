@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from lib_degu.settings import DeGuSettings
 from tests import a1111_support
 from tests.a1111_support import adapter, degu_script, rows_per_call, run, script_callbacks, shared, unet_hook_count
 from tests.fake_a1111 import harness
@@ -889,3 +892,20 @@ def test_a_sampler_that_updates_its_start_latent_in_place_cannot_change_the_seco
         patch.setattr(kdiffusion, "sample_euler", in_place)
         processed = run({**LAYOUT, "balance": 1.0})
     assert torch.equal(processed.latents, plain)
+
+
+@pytest.mark.parametrize("subject, generic", [
+    ("sks", ""),  # "empty removes the subject word": the host's parser cannot read an empty value
+    ("sks dog", "a dog, on a beach"),
+    ("sks", "dog: a"),
+    ("sks", " "),
+])
+def test_the_infotext_pastes_back_every_setting_without_a_parse_error(host, capsys, subject, generic):
+    """The PNG text is read by the host's own parser: no "Error parsing", and the settings that come
+    back are the ones the image was made with."""
+    settings = DeGuSettings(**{**ON, "subject": subject, "generic": generic, "layout_pass": True})
+    processed = run(dataclasses.asdict(settings), prompt=f"a photo of {subject} on a beach")
+    params = harness.parse_infotext_params(processed.infotexts[0])
+    assert "Error parsing" not in capsys.readouterr().out
+    pasted = DeGuSettings.from_infotext(params)
+    assert pasted == dataclasses.replace(settings, show_mask=False, generic=generic.strip())

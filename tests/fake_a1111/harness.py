@@ -923,6 +923,37 @@ def _quote(value: Any) -> Any:
     return json.dumps(text, ensure_ascii=False) if ("," in text or "\n" in text or ":" in text) else value
 
 
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _unquote(text: str) -> str:
+    """mirrors modules/infotext_utils.py: unquote (1.10.1)."""
+    try:
+        return json.loads(text)
+    except Exception:
+        return text
+
+
+def parse_infotext_params(infotext: str) -> dict[str, str]:
+    """mirrors modules/infotext_utils.py: parse_generation_parameters (1.10.1), the last line's
+    ``key: value`` pairs; a pair it cannot read is printed as ``Error parsing`` and dropped."""
+    lastline = infotext.strip().split("\n")[-1]
+    params: dict[str, str] = {}
+    for key, value in _RE_PARAM.findall(lastline):
+        try:
+            if value[0] == '"' and value[-1] == '"':
+                value = _unquote(value)
+            size = _RE_IMAGESIZE.match(value)
+            if size is not None:
+                params[f"{key}-1"], params[f"{key}-2"] = size.group(1), size.group(2)
+            else:
+                params[key] = value
+        except Exception:
+            print(f'Error parsing "{key}: {value}"')
+    return params
+
+
 def create_infotext(p: FakeProcessing, index: int) -> str:
     """mirrors modules/processing.py: create_infotext (1.10.1), the base keys plus
     ``extra_generation_params`` (lists are indexed per image, callables get ``p``, ``index``,
