@@ -818,6 +818,18 @@ def test_the_second_pass_guides_with_the_first_passs_layout_and_every_patch_is_u
     assert samplers[0].func.__name__ == "sample_euler"  # the host's own, not the first pass's copying wrapper
 
 
+def test_the_progress_text_says_which_layout_pass_runs_and_is_restored(host):
+    """The host's progress bar restarts with the second loop; its text names the pass."""
+    shown: list = []
+    handle = host.model.diffusion_model.register_forward_pre_hook(lambda m, a: shown.append(shared.state.textinfo))
+    try:
+        _no_errors(run(LAYOUT))
+    finally:
+        handle.remove()
+    assert shown == ["DeGu layout pass 1/2"] * 4 + ["DeGu layout pass 2/2"] * 4
+    assert shared.state.textinfo is None
+
+
 def test_a_hires_pass_reuses_the_layout_instead_of_sampling_twice(host):
     calls, handle = rows_per_call(host.model.diffusion_model)
     try:

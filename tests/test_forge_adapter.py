@@ -841,17 +841,18 @@ def test_the_layout_pass_samples_again_from_the_same_noise(forge, sampler):
 
 
 def test_the_second_pass_guides_with_the_layout_and_the_launch_patch_is_undone(forge, monkeypatch):
-    from modules import sd_samplers_common
+    from modules import sd_samplers_common, shared
 
     from lib_degu import step
 
-    sources, samplers = [], []
+    sources, samplers, progress_texts = [], [], []
     make_mask = step.Guide.make_mask
     launch = sd_samplers_common.Sampler.launch_sampling
 
     def recording(self, s, g, attention):
         result = make_mask(self, s, g, attention)
         sources.append(result[1])
+        progress_texts.append(shared.state.textinfo)
         return result
 
     def recording_launch(self, steps, func):
@@ -866,6 +867,7 @@ def test_the_second_pass_guides_with_the_layout_and_the_launch_patch_is_undone(f
     out, processed = _run(forge, degu=LAYOUT, host=host, enable_hr=True, hr_scale=2.0, hr_cfg=7.0)
     _no_errors(processed)
     assert sources == ["attention"] * 3 + ["layout"] * 3 + ["layout"] * 3  # base twice, hires reuses it
+    assert progress_texts == ["DeGu layout pass 1/2"] * 3 + ["DeGu layout pass 2/2"] * 3 + [None] * 3
     assert processed.p.extra_generation_params["DeGu mask used"] == "attention, layout"
     assert len({id(s) for s in samplers}) == 2  # the base pass and the hires pass
     assert all("launch_sampling" not in vars(s) for s in samplers)

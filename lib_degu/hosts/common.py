@@ -261,6 +261,9 @@ def _generator_state(generator: Any) -> Any:
     return getattr(generator, "offset", None)
 
 
+LAYOUT_PASS_LABELS = ("DeGu layout pass 1/2", "DeGu layout pass 2/2")
+
+
 def launch_pass(
     state: Any, sampler: Any, launch: Callable[[int, Any], Any], steps: int, func: Any, *,
     host_state: Any, nv_rng: Any = None,
@@ -273,7 +276,18 @@ def launch_pass(
     def stopped() -> bool:
         return bool(host_state.interrupted or host_state.skipped or getattr(host_state, "stopping_generation", False))
 
-    return sample_with_layout_pass(state, sampler, launch, steps, func, stopped=stopped, nv_rng=nv_rng)
+    # The host's progress bar restarts with each loop: its text says which pass is running.
+    labels = iter(LAYOUT_PASS_LABELS)
+
+    def labelled_launch(steps: int, func: Any) -> Any:
+        before = getattr(host_state, "textinfo", None)
+        host_state.textinfo = next(labels)
+        try:
+            return launch(steps, func)
+        finally:
+            host_state.textinfo = before
+
+    return sample_with_layout_pass(state, sampler, labelled_launch, steps, func, stopped=stopped, nv_rng=nv_rng)
 
 
 def sample_with_layout_pass(

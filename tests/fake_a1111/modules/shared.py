@@ -90,6 +90,7 @@ class State:
     def reset(self) -> None:
         self.skipped = False
         self.interrupted = False
+        self.textinfo = None  # shown before the percentage in the UI's progress bar
         self.stopping_generation = False
         self.job = ""
         self.job_no = 0

@@ -113,6 +113,7 @@ class State:
 
     def reset(self) -> None:
         self.interrupted = False
+        self.textinfo = None  # shown before the percentage in the UI's progress bar
         self.skipped = False
         self.stopping_generation = False
         self.job = ""
