@@ -4,7 +4,7 @@ import dataclasses
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lib_degu.settings import MASK_SOURCES, DeGuSettings
@@ -37,6 +37,8 @@ def _valid_settings():
 
 @settings(max_examples=300, deadline=None)
 @given(_valid_settings())
+@example(DeGuSettings(enabled=True, subject="sks", generic="\r"))
+@example(DeGuSettings(enabled=True, subject=" ", generic=""))
 def test_round_trips_args_dict_infotext(s):
     as_args = [getattr(s, name) for name in DeGuSettings.names()]
     assert DeGuSettings.from_args(as_args) == s
@@ -45,8 +47,11 @@ def test_round_trips_args_dict_infotext(s):
     text = s.to_infotext()
     if s.enabled:
         assert all(isinstance(v, str) for v in text.values())
-        # show_mask is a display preference, not a generation parameter: not in the infotext.
-        assert DeGuSettings.from_infotext(text) == dataclasses.replace(s, show_mask=False)
+        # show_mask is a display preference, not a generation parameter: not in the infotext. A blank
+        # subject or generic word is left out (the hosts' parser cannot read an empty value) and
+        # pastes as the empty text, which DeGu treats the same (no subject; the subject removed).
+        blank_as_empty = {name: "" for name in ("subject", "generic") if not getattr(s, name).strip()}
+        assert DeGuSettings.from_infotext(text) == dataclasses.replace(s, show_mask=False, **blank_as_empty)
     else:
         assert text == {}
 
