@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,11 +53,16 @@ def unet_hook_count(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def rows_per_call(unet: torch.nn.Module):
-    """Records the batch size of every UNet call (a pre-hook the test removes)."""
-    calls: list[int] = []
-    handle = unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
-    return calls, handle
+@contextlib.contextmanager
+def rows_per_call(unet: torch.nn.Module, record: Any = lambda args: args[0].shape[0]):
+    """Inside the block, ``record(args)`` of every UNet call (by default its batch size); the
+    pre-hook is removed on the way out."""
+    calls: list = []
+    handle = unet.register_forward_pre_hook(lambda m, args: calls.append(record(args)))
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

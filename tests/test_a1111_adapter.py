@@ -38,11 +38,8 @@ def test_disabled_is_bit_identical_to_the_host_without_the_extension(host):
 
 def test_full_mask_unit_scales_is_the_host_at_the_hosts_cost(host):
     plain = run(None).latents
-    calls, handle = rows_per_call(host.model.diffusion_model)
-    try:
+    with rows_per_call(host.model.diffusion_model) as calls:
         processed = run(FULL)
-    finally:
-        handle.remove()
     _no_errors(processed)
     # M = 1 is known before the step: the generic rows cannot change the image and do not run.
     assert torch.equal(processed.latents, plain)
@@ -72,11 +69,8 @@ def test_full_mask_unit_scales_is_the_host_at_the_hosts_cost(host):
 def test_model_rows_per_call(host, degu, prompts, expected):
     """Issue 16: never pay for a stream that cannot change the image; refresh the context every N calls."""
     batch = ["a photo of sks dog on a beach", "a photo of sks cat" if prompts == 2 else "a photo of a cat"]
-    calls, handle = rows_per_call(host.model.diffusion_model)
-    try:
+    with rows_per_call(host.model.diffusion_model) as calls:
         processed = run(degu, prompt=batch, batch_size=2, steps=4)
-    finally:
-        handle.remove()
     _no_errors(processed)
     assert calls == expected
 
@@ -98,11 +92,8 @@ def test_generic_rows_leave_the_hosts_own_rows_unchanged(host):
 
 
 def test_generic_rows_run_in_the_same_model_call(host):
-    calls, handle = rows_per_call(host.model.diffusion_model)
-    try:
+    with rows_per_call(host.model.diffusion_model) as calls:
         run(ON, batch_size=2)
-    finally:
-        handle.remove()
     assert calls and all(rows == 6 for rows in calls)  # 2 prompt + 2 generic + 2 uncond rows, one call
 
 
@@ -748,11 +739,8 @@ def test_inpainting_model_generic_rows_carry_their_images_conditioning(arch, mod
 )
 def test_context_reuse_refreshes_where_the_context_changes(host, kwargs, expected):
     plain = run(None, **kwargs).latents
-    calls, handle = rows_per_call(host.model.diffusion_model)
-    try:
+    with rows_per_call(host.model.diffusion_model) as calls:
         processed = run({**DEFAULTS, "context_scale": 1.5}, **kwargs)
-    finally:
-        handle.remove()
     _no_errors(processed)
     assert calls == expected
     assert torch.isfinite(processed.latents).all()
@@ -778,11 +766,8 @@ def test_the_layout_pass_samples_again_from_the_same_noise(host):
     (balance +1) the second pass is the host's own image bit for bit, so it replayed the first
     pass's initial and per-step noise; it ran twice, the first pass's latent untouched."""
     plain = run(None, sampler_name="LCM").latents
-    calls, handle = rows_per_call(host.model.diffusion_model)
-    try:
+    with rows_per_call(host.model.diffusion_model) as calls:
         processed = run({**LAYOUT, "balance": 1.0}, sampler_name="LCM")
-    finally:
-        handle.remove()
     _no_errors(processed)
     assert len(calls) == 2 * 4
     assert torch.equal(processed.latents, plain)
@@ -820,22 +805,15 @@ def test_the_second_pass_guides_with_the_first_passs_layout_and_every_patch_is_u
 
 def test_the_progress_text_says_which_layout_pass_runs_and_is_restored(host):
     """The host's progress bar restarts with the second loop; its text names the pass."""
-    shown: list = []
-    handle = host.model.diffusion_model.register_forward_pre_hook(lambda m, a: shown.append(shared.state.textinfo))
-    try:
+    with rows_per_call(host.model.diffusion_model, record=lambda args: shared.state.textinfo) as shown:
         _no_errors(run(LAYOUT))
-    finally:
-        handle.remove()
     assert shown == ["DeGu layout pass 1/2"] * 4 + ["DeGu layout pass 2/2"] * 4
     assert shared.state.textinfo is None
 
 
 def test_a_hires_pass_reuses_the_layout_instead_of_sampling_twice(host):
-    calls, handle = rows_per_call(host.model.diffusion_model)
-    try:
+    with rows_per_call(host.model.diffusion_model) as calls:
         processed = run(LAYOUT, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=3)
-    finally:
-        handle.remove()
     _no_errors(processed)
     assert len(calls) == 2 * 4 + 3
     assert processed.p.extra_generation_params["DeGu mask used"] == "attention, layout"
@@ -862,11 +840,8 @@ def test_an_interrupt_in_the_first_pass_keeps_it_and_samples_no_second(host, mon
 
 
 def test_the_layout_pass_without_the_attention_mask_samples_once_and_says_why(host):
-    calls, handle = rows_per_call(host.model.diffusion_model)
-    try:
+    with rows_per_call(host.model.diffusion_model) as calls:
         processed = run({**LAYOUT, "mask_source": "difference"})
-    finally:
-        handle.remove()
     assert len(calls) == 4
     assert any("layout pass needs the attention mask" in c for c in processed.p.comments)
 

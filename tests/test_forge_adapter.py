@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import pytest
@@ -769,12 +770,16 @@ def test_refiner_switch_steps_aside_after_the_switch_with_a_message(forge, sampl
     assert not [c for c in processed.p.comments if "refiner" in c]
 
 
+@contextlib.contextmanager
 def _rows_per_call(host):
     rows: list[int] = []
     handle = host.sd_model.forge_objects.unet.model.diffusion_model.register_forward_pre_hook(
         lambda m, args, kwargs: rows.append((args[0] if args else kwargs["sample"]).shape[0]), with_kwargs=True
     )
-    return rows, handle
+    try:
+        yield rows
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize(
@@ -792,22 +797,16 @@ def _rows_per_call(host):
 )
 def test_model_rows_per_call_on_forges_batcher(forge, degu, kwargs, expected):
     host = harness.make_host("sd15")
-    rows, handle = _rows_per_call(host)
-    try:
+    with _rows_per_call(host) as rows:
         _, processed = _run(forge, degu=degu, host=host, **kwargs)
-    finally:
-        handle.remove()
     _no_errors(processed)
     assert rows == expected
 
 
 def test_context_reuse_in_the_hires_pass_and_against_every_step(forge):
     host = harness.make_host("sd15")
-    rows, handle = _rows_per_call(host)
-    try:
+    with _rows_per_call(host) as rows:
         reused, processed = _run(forge, degu={**DEFAULTS, "context_scale": 1.5}, host=host, enable_hr=True)
-    finally:
-        handle.remove()
     _no_errors(processed)
     # Each pass measures the context first, then reuses it; the hires pass runs at CFG 1 (no uncond).
     assert rows == [3, 2, 2, 2, 1, 1]
@@ -828,12 +827,9 @@ def test_the_layout_pass_samples_again_from_the_same_noise(forge, sampler):
     host = harness.make_host("sd15")
     torch.manual_seed(1)
     plain, _ = _run(forge, host=host, sampler_name=sampler, eta=1.0)
-    rows, handle = _rows_per_call(host)
-    try:
+    with _rows_per_call(host) as rows:
         torch.manual_seed(1)
         out, processed = _run(forge, degu={**LAYOUT, "balance": 1.0}, host=host, sampler_name=sampler, eta=1.0)
-    finally:
-        handle.remove()
     _no_errors(processed)
     assert len(rows) == 2 * 3
     assert torch.equal(out, plain)
