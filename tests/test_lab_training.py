@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from lab import model as lab_model
-from lab import personalise, scenes
+from lab import personalise, scenes, train_base
 from lab.subjects import EXCLUDED, SUBJECTS
 from lab.train_base import CONTEXT_FREE, min_snr_weight
 from lab.train_base import batch as prior_batch
@@ -149,3 +149,19 @@ def test_a_base_with_cross_attention_at_the_latents_own_size_loads_back_and_give
     with probe:
         result = sample(loaded, ["a red circle"], [0], settings, steps=2, probes=[probe])
     assert [m.shape for m in result.probed[0]] == [(1, lab_model.LATENT_SIZE, lab_model.LATENT_SIZE)] * 2
+
+
+def test_one_command_trains_both_phases_exactly_as_the_two_commands_did(tmp_path):
+    # The committed base was made by two commands; `python -m lab.train_base` alone must give the same
+    # file (the second phase continues from the first one's saved fp16 weights, seeded as it was).
+    tiny = ["--steps", "3", "--batch", "4"]
+    one = tmp_path / "one.safetensors"
+    train_base.main([*tiny, "--second-phase-steps", "2", "--out", str(one)])
+    two = tmp_path / "two.safetensors"
+    train_base.main([*tiny, "--second-phase-steps", "0", "--out", str(two)])
+    first_phase_only = two.read_bytes()
+    second = train_base.SECOND_PHASE
+    train_base.main(["--init", str(two), "--steps", "2", "--batch", "4", "--lr", str(second.lr),
+                     "--context-free", str(second.context_free), "--seed", str(second.seed), "--out", str(two)])
+    assert one.read_bytes() == two.read_bytes()
+    assert one.read_bytes() != first_phase_only
