@@ -811,6 +811,17 @@ def test_the_progress_text_says_which_layout_pass_runs_and_is_restored(host):
     assert shared.state.textinfo is None
 
 
+def test_the_console_total_progress_bar_counts_both_layout_passes(host):
+    """The host sizes "Total progress" for one loop per batch; the layout pass adds its second loop,
+    so the bar ends full, not past its end (2 batches x 2 passes x 4 steps)."""
+    for settings, loops in ((None, 2), (LAYOUT, 4)):
+        shared.total_tqdm.clear()
+        _no_errors(run(settings, n_iter=2))
+        bar = shared.total_tqdm._tqdm
+        assert (bar.n, bar.total) == (loops * 4, loops * 4)
+    shared.total_tqdm.clear()
+
+
 def test_a_hires_pass_reuses_the_layout_instead_of_sampling_twice(host):
     with rows_per_call(host.model.diffusion_model) as calls:
         processed = run(LAYOUT, enable_hr=True, hr_scale=2.0, hr_second_pass_steps=3)

@@ -836,6 +836,21 @@ def test_the_layout_pass_samples_again_from_the_same_noise(forge, sampler):
     assert processed.p.extra_generation_params["DeGu layout pass"] == "True"
 
 
+def test_the_console_total_progress_bar_counts_both_layout_passes(forge):
+    """As on A1111: the bar ends full with the layout pass's second loops (2 batches x 2 passes x 3 steps)."""
+    from modules import shared
+
+    host = harness.make_host("sd15")
+    for degu, loops in ((None, 2), (LAYOUT, 4)):
+        shared.total_tqdm.clear()
+        shared.state.job_count = -1  # as the host's state.begin() leaves it for processing
+        _, processed = _run(forge, degu=degu, host=host, n_iter=2)
+        _no_errors(processed)
+        bar = shared.total_tqdm._tqdm
+        assert (bar.n, bar.total) == (loops * 3, loops * 3)
+    shared.total_tqdm.clear()
+
+
 def test_the_second_pass_guides_with_the_layout_and_the_launch_patch_is_undone(forge, monkeypatch):
     from modules import sd_samplers_common, shared
 

@@ -224,7 +224,8 @@ def _patch_sampler(sampler: Any, state: Pass) -> None:
             if state.capture is not None:
                 state.capture.__enter__()
             return launch_pass(state, sampler, original_launch, steps, func, host_state=shared.state,
-                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None))
+                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None),
+                               total_progress=getattr(shared, "total_tqdm", None))
         finally:
             unpatch_sampler(sampler)
 

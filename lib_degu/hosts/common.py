@@ -266,28 +266,42 @@ LAYOUT_PASS_LABELS = ("DeGu layout pass 1/2", "DeGu layout pass 2/2")
 
 def launch_pass(
     state: Any, sampler: Any, launch: Callable[[int, Any], Any], steps: int, func: Any, *,
-    host_state: Any, nv_rng: Any = None,
+    host_state: Any, nv_rng: Any = None, total_progress: Any = None,
 ) -> Any:
     """The pass's sampling loop (``launch(steps, func)``): once, or twice for the layout pass.
-    ``host_state``: the host's ``shared.state`` (interrupt, skip, stop)."""
+    ``host_state``: the host's ``shared.state`` (interrupt, skip, stop); ``total_progress``: its
+    ``shared.total_tqdm``, the console's "Total progress" bar."""
     if not wants_layout_pass(state):
         return launch(steps, func)
 
     def stopped() -> bool:
         return bool(host_state.interrupted or host_state.skipped or getattr(host_state, "stopping_generation", False))
 
-    # The host's progress bar restarts with each loop: its text says which pass is running.
+    # The host's progress bar restarts with each loop: its text says which pass is running, and the
+    # console's total counts the second loop too.
     labels = iter(LAYOUT_PASS_LABELS)
 
     def labelled_launch(steps: int, func: Any) -> Any:
         before = getattr(host_state, "textinfo", None)
         host_state.textinfo = next(labels)
+        if host_state.textinfo == LAYOUT_PASS_LABELS[1]:
+            extend_total_progress(total_progress, steps)
         try:
             return launch(steps, func)
         finally:
             host_state.textinfo = before
 
     return sample_with_layout_pass(state, sampler, labelled_launch, steps, func, stopped=stopped, nv_rng=nv_rng)
+
+
+def extend_total_progress(total_progress: Any, steps: int) -> None:
+    """Add a second loop's steps to the console's "Total progress" bar, which the host sized for one
+    loop per batch (as it adds the hires pass's). Its only record of the total is the tqdm it keeps in
+    ``_tqdm``, made at the first step; without one (bars turned off) there is nothing to extend."""
+    bar = getattr(total_progress, "_tqdm", None)
+    total = getattr(bar, "total", None)
+    if isinstance(total, (int, float)) and hasattr(total_progress, "updateTotal"):
+        total_progress.updateTotal(total + steps)
 
 
 def sample_with_layout_pass(

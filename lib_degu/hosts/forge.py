@@ -279,7 +279,8 @@ def _patch_launch(sampler: Any, state: Pass) -> None:
     def launch_sampling(steps: int, func: Any) -> Any:
         try:
             return launch_pass(state, sampler, original, steps, func, host_state=shared.state,
-                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None))
+                               nv_rng=getattr(sys.modules.get("modules.rng"), "nv_rng", None),
+                               total_progress=getattr(shared, "total_tqdm", None))
         finally:
             _unpatch_launch(sampler)
 

@@ -108,6 +108,7 @@ class Sampler:
         if self.stop_at is not None and step > self.stop_at:
             raise InterruptedException
         state.sampling_step = step
+        shared.total_tqdm.update()
 
     def launch_sampling(self, steps: int, func: Any) -> Any:
         """mirrors Sampler.launch_sampling (1.10.1): sets steps/total_steps, runs ``func``; an

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from types import SimpleNamespace
 from typing import Any
+
+from tests.fake_total_progress import TotalTQDM
 
 # Defaults of the options the fake host reads (modules/shared_options.py, 1.10.1).
 OPTION_DEFAULTS: dict[str, Any] = {
@@ -34,6 +38,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "sdxl_refiner_low_aesthetic_score": 2.5,
     "sdxl_refiner_high_aesthetic_score": 6.0,
     "sd3_enable_t5": False,
+    "multiple_tqdm": True,
 }
 
 
@@ -125,6 +130,8 @@ class State:
 
 opts = Options()
 state = State()
+cmd_opts = SimpleNamespace(disable_console_progressbars=False)
+total_tqdm = TotalTQDM(sys.modules[__name__])
 sd_model = None  # the harness's FakeSdModel (make_host)
 device = "cpu"
 latent_upscale_default_mode = "Latent"

@@ -5,10 +5,13 @@ Minimal stand-in for modules/shared.py + modules/shared_state.py + modules/optio
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+from tests.fake_total_progress import TotalTQDM
 
 # mirrors the defaults of modules/shared_options.py (Forge dfdcbab6) for the options the fake reads
 OPTION_DEFAULTS: dict[str, Any] = {
@@ -38,6 +41,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "hires_fix_refiner_pass": "second pass",
     "inpainting_mask_weight": 1.0,
     "token_merging_ratio": 0.0,
+    "multiple_tqdm": True,
     "token_merging_ratio_hr": 0.0,
     "sgm_noise_multiplier": False,
     "sd_noise_schedule": "Default",
@@ -150,24 +154,14 @@ class _PromptStyles:
         return prompt
 
 
-class _TotalTqdm:
-    def update(self) -> None:
-        pass
-
-    def updateTotal(self, new_total: int) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-
 opts = Options()
 state = State()
 sd_model: Any = None
 device = torch.device("cpu")
-cmd_opts = SimpleNamespace(embeddings_dir="", no_prompt_history=True, always_cpu=True)
+cmd_opts = SimpleNamespace(embeddings_dir="", no_prompt_history=True, always_cpu=True,
+                           disable_console_progressbars=False)
 prompt_styles = _PromptStyles()
-total_tqdm = _TotalTqdm()
+total_tqdm = TotalTQDM(sys.modules[__name__])
 latent_upscale_default_mode = "Latent"
 latent_upscale_modes = {
     "Latent": {"mode": "bilinear", "antialias": False},
