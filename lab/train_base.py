@@ -39,6 +39,9 @@ CONTEXT_FREE = 0.3
 
 @dataclass(frozen=True)
 class Phase:
+    """One run of the training loop: its length, peak learning rate, seed (of the scenes, the noise and,
+    from scratch, the weights) and share of captions that leave the background unsaid."""
+
     steps: int
     lr: float
     seed: int
