@@ -2,6 +2,7 @@
 
     python -m lab.prompt_following                 # the base model, 96 held-out captions
     python -m lab.prompt_following --personalised  # + each subject learned / class word kept
+    python -m lab.prompt_following --two-objects --count 128 --seed 777 --model other.safetensors
 
 Captions are drawn like the training ones from a seed the trainer never used. An attribute counts as
 followed when the judge finds it: the named shape (at least ``MIN_REGION`` pixels), its colour and
@@ -18,6 +19,7 @@ import argparse
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,13 +40,14 @@ def _majority(values: torch.Tensor, where: torch.Tensor) -> int:
 
 
 def follow_rates(model: lab_model.Miniature | None, judge: lab_judge.Judge, count: int, seed: int = HELD_OUT_SEED,
-                 batch: int = 32) -> dict[str, float]:
+                 batch: int = 32, two_objects: float = scenes.TWO_OBJECTS) -> dict[str, float]:
     """Share of held-out captions whose attribute the judge finds; ``model`` None reads the true
     renders of the same scenes instead (the judge's own ceiling). Colour and pattern are also given
     for one- and two-object captions apart, and for two objects how often an object took the other
-    object's colour (attribute binding, a known weakness of text-to-image models)."""
+    object's colour (attribute binding, a known weakness of text-to-image models). ``two_objects``:
+    the share of captions that name two objects (1: only those)."""
     rng = np.random.default_rng(seed)
-    drawn = [scenes.random_scene(rng, excluded=EXCLUDED) for _ in range(count)]
+    drawn = [scenes.random_scene(rng, excluded=EXCLUDED, two_objects=two_objects) for _ in range(count)]
     hits: dict[str, list[float]] = defaultdict(list)
     for start in range(0, count, batch):
         chunk = drawn[start:start + batch]
@@ -106,12 +109,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=96)
     parser.add_argument("--personalised", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", type=Path, default=lab_model.MODELS_DIR / "base.safetensors",
+                        help="the base model to read (e.g. one trained with other settings)")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="draws the captions")
+    parser.add_argument("--two-objects", action="store_true", help="only captions that name two objects")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    base, judge = lab_model.load(), lab_judge.load()
-    ceiling = follow_rates(None, judge, args.count)
+    base, judge = lab_model.load(args.model), lab_judge.load()
+    drawn = {"seed": args.seed, "two_objects": 1.0 if args.two_objects else scenes.TWO_OBJECTS}
+    ceiling = follow_rates(None, judge, args.count, **drawn)
     print(f"{'attribute':<22} {'model':>6} {'renders':>8}   (renders: the judge reading the true scenes)")
-    rates = follow_rates(base, judge, args.count)
+    rates = follow_rates(base, judge, args.count, **drawn)
     for key in sorted(rates, key=lambda k: (k.split(",")[0].split(" (")[0], "," in k, "two" in k)):
         print(f"{key:<22} {rates[key]:6.3f} {ceiling.get(key, float('nan')):8.3f}")
     if args.personalised:

@@ -136,10 +136,14 @@ def random_thing(
     )
 
 
+# The share of training scenes with two objects.
+TWO_OBJECTS = 0.3
+
+
 def random_scene(
     rng: np.random.Generator,
     excluded: frozenset[tuple[str, str, bool]] = frozenset(),
-    two_objects: float = 0.3,
+    two_objects: float = TWO_OBJECTS,
 ) -> Scene:
     """A training scene; (shape, colour, striped) combinations in ``excluded`` never appear."""
     def draw(small: bool, avoid: Thing | None = None) -> Thing:

@@ -40,12 +40,14 @@ CONTEXT_FREE = 0.3
 @dataclass(frozen=True)
 class Phase:
     """One run of the training loop: its length, peak learning rate, seed (of the scenes, the noise and,
-    from scratch, the weights) and share of captions that leave the background unsaid."""
+    from scratch, the weights), share of captions that leave the background unsaid and of scenes with
+    two objects."""
 
     steps: int
     lr: float
     seed: int
     context_free: float = 0.0
+    two_objects: float = scenes.TWO_OBJECTS  # share of scenes with two objects
 
 
 # What follows a first phase from scratch (the committed base: 11.3 min when run as its own command).
@@ -53,11 +55,12 @@ SECOND_PHASE = Phase(steps=1500, lr=3e-4, seed=1, context_free=CONTEXT_FREE)
 
 
 def batch(
-    rng: np.random.Generator, size: int, drop: float = 0.1, context_free: float = 0.0
+    rng: np.random.Generator, size: int, drop: float = 0.1, context_free: float = 0.0,
+    two_objects: float = scenes.TWO_OBJECTS,
 ) -> tuple[torch.Tensor, list[str]]:
     images, captions = [], []
     for _ in range(size):
-        scene = scenes.random_scene(rng, excluded=EXCLUDED)
+        scene = scenes.random_scene(rng, excluded=EXCLUDED, two_objects=two_objects)
         image, _ = scenes.render(scene)
         images.append(image)
         # Some captions name an object by its shape alone, so that the class word ("a circle") means
@@ -114,7 +117,7 @@ def train_phase(
     total = phase.steps
     step = 0
     while step < total:
-        latents, captions = batch(rng, batch_size, context_free=phase.context_free)
+        latents, captions = batch(rng, batch_size, context_free=phase.context_free, two_objects=phase.two_objects)
         noise = torch.randn_like(latents)
         t = torch.randint(0, schedule.steps, (batch_size,))
         noisy = schedule.add_noise(latents, noise, t)
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context-free", type=float, default=0.0,
                         help="share of captions without the background phrase")
+    parser.add_argument("--two-objects", type=float, default=scenes.TWO_OBJECTS,
+                        help="share of scenes with two objects (the committed base: the default)")
     parser.add_argument("--attention-from-level", type=int, default=1,
                         help="cross-attention on this level and coarser (0: also at 16x16; the committed base: 1); "
                              "with --init the model's own layout is kept")
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     shared = {"out": args.out, "batch_size": args.batch, "min_snr": args.min_snr}
-    first = Phase(args.steps, args.lr, args.seed, args.context_free)
+    first = Phase(args.steps, args.lr, args.seed, args.context_free, args.two_objects)
     train_phase(first, init=args.init, attention_from_level=args.attention_from_level, **shared)
     if args.init is None and args.second_phase_steps > 0:
         second = Phase(args.second_phase_steps, SECOND_PHASE.lr, SECOND_PHASE.seed, SECOND_PHASE.context_free)

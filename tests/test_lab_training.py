@@ -165,3 +165,10 @@ def test_one_command_trains_both_phases_exactly_as_the_two_commands_did(tmp_path
                      "--context-free", str(second.context_free), "--seed", str(second.seed), "--out", str(two)])
     assert one.read_bytes() == two.read_bytes()
     assert one.read_bytes() != first_phase_only
+
+
+def test_the_two_object_share_decides_how_many_training_scenes_have_two_objects():
+    _, both = prior_batch(np.random.default_rng(0), 16, drop=0.0, two_objects=1.0)
+    _, single = prior_batch(np.random.default_rng(0), 16, drop=0.0, two_objects=0.0)
+    assert all(" and a " in c for c in both), both
+    assert not any(" and a " in c for c in single), single
