@@ -50,7 +50,7 @@ class Phase:
     two_objects: float = scenes.TWO_OBJECTS  # share of scenes with two objects
 
 
-# What follows a first phase from scratch (the committed base: 11.3 min when run as its own command).
+# What follows a first phase from scratch (the committed base: 10.9 min).
 SECOND_PHASE = Phase(steps=1500, lr=3e-4, seed=1, context_free=CONTEXT_FREE)
 
 
@@ -148,7 +148,7 @@ def train_phase(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # The committed model's first phase: 8800 steps (81 minutes on one thread beside other jobs).
+    # The committed model's first phase: 8800 steps (70.4 min on one thread beside other jobs; both: 81.3).
     parser.add_argument("--steps", type=int, default=8800)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
