@@ -44,7 +44,8 @@ def follow_rates(model: lab_model.Miniature | None, judge: lab_judge.Judge, coun
     """Share of held-out captions whose attribute the judge finds; ``model`` None reads the true
     renders of the same scenes instead (the judge's own ceiling). Colour and pattern are also given
     for one- and two-object captions apart, and for two objects how often an object took the other
-    object's colour (attribute binding, a known weakness of text-to-image models). ``two_objects``:
+    object's colour (attribute binding, a known weakness of text-to-image models), and the colour by
+    the order the objects are named in. ``two_objects``:
     the share of captions that name two objects (1: only those)."""
     rng = np.random.default_rng(seed)
     drawn = [scenes.random_scene(rng, excluded=EXCLUDED, two_objects=two_objects) for _ in range(count)]
@@ -77,6 +78,9 @@ def follow_rates(model: lab_model.Miniature | None, judge: lab_judge.Judge, coun
                     other = scene.things[1 - index]
                     hits["other's colour"].append(
                         other.colour != thing.colour and colour == lab_judge.COLOURS.index(other.colour))
+                    # By the order named: the causal text encoder's first noun has seen only its own colour.
+                    hits[f"colour, {('first', 'second')[index]} of two"].append(
+                        colour == lab_judge.COLOURS.index(thing.colour))
             if len(scene.things) == 2:
                 hits["both objects"].append(all(
                     int((reading.region[i] == lab_judge.REGIONS.index(t.shape)).sum()) >= scoring.MIN_REGION

@@ -172,3 +172,17 @@ def test_the_two_object_share_decides_how_many_training_scenes_have_two_objects(
     _, single = prior_batch(np.random.default_rng(0), 16, drop=0.0, two_objects=0.0)
     assert all(" and a " in c for c in both), both
     assert not any(" and a " in c for c in single), single
+
+
+def test_prompt_following_reads_the_true_scenes_as_following_and_splits_two_objects_by_order():
+    # The judge's ceiling: the true renders of the captions follow them; the first and second named
+    # object of two-object captions are read apart (attribute binding, lab/models/README.md).
+    from lab import judge as lab_judge
+    from lab.prompt_following import follow_rates
+
+    rates = follow_rates(None, lab_judge.load(), 24, two_objects=1.0)
+    assert rates["background colour"] == 1.0 and rates["shape"] == 1.0
+    for key in ("colour, two objects", "colour, first of two", "colour, second of two", "pattern, two objects"):
+        assert rates[key] >= 0.8, (key, rates[key])
+    assert rates["other's colour"] <= 0.2
+    assert "colour, one object" not in rates
