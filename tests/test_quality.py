@@ -199,3 +199,17 @@ def test_the_layout_pass_runs_again_with_the_layout_the_attention_run_found(base
     assert set(given.unique().tolist()) == {0.0, 1.0} and 0.02 < float(given.mean()) < 0.5  # hard and tight
     assert all(torch.equal(m, given) for m in second["masks"])
     assert rows[-1].cost == pytest.approx(first["cost"] + second["cost"])
+
+
+def test_the_instrument_for_two_named_objects_reads_object_maps_and_the_masks_cover(base):
+    """``lab.which_object`` on a few images: a noun's map is stronger on the objects than on the
+    background (measured 0.68 on 64 captions), and DeGu's mask covers the subject well above the
+    background for every method (measured 0.82-0.84 vs 0.22-0.29). A flat mask covers both alike."""
+    from lab import which_object
+
+    judge = lab_judge.load()
+    shares = which_object.word_shares(base, judge, count=8)
+    assert statistics.fmean(shares["noun: its region vs the background"]) > 0.55
+    for method, rows in which_object.mask_cover(base, judge, seeds=(0,)).items():
+        subject, _, background = (statistics.fmean(r[i] for r in rows) for i in range(3))
+        assert subject > background + 0.3, (method, subject, background)
