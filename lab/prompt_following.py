@@ -45,8 +45,8 @@ def follow_rates(model: lab_model.Miniature | None, judge: lab_judge.Judge, coun
     renders of the same scenes instead (the judge's own ceiling). Colour and pattern are also given
     for one- and two-object captions apart, and for two objects how often an object took the other
     object's colour (attribute binding, a known weakness of text-to-image models), and the colour by
-    the order the objects are named in. ``two_objects``:
-    the share of captions that name two objects (1: only those)."""
+    the order the objects are named in. ``two_objects``: the share of captions that name two objects
+    (1: only those)."""
     rng = np.random.default_rng(seed)
     drawn = [scenes.random_scene(rng, excluded=EXCLUDED, two_objects=two_objects) for _ in range(count)]
     hits: dict[str, list[float]] = defaultdict(list)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ VAGUE = 0.25
 CONTEXT_FREE = 0.3
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Phase:
     """One run of the training loop: its length, peak learning rate, seed (of the scenes, the noise and,
     from scratch, the weights), share of captions that leave the background unsaid and of scenes with
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     first = Phase(args.steps, args.lr, args.seed, args.context_free, args.two_objects)
     train_phase(first, init=args.init, attention_from_level=args.attention_from_level, **shared)
     if args.init is None and args.second_phase_steps > 0:
-        second = Phase(args.second_phase_steps, SECOND_PHASE.lr, SECOND_PHASE.seed, SECOND_PHASE.context_free)
-        train_phase(second, init=args.out, **shared)
+        train_phase(dataclasses.replace(SECOND_PHASE, steps=args.second_phase_steps), init=args.out, **shared)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
 
 

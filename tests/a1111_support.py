@@ -54,11 +54,13 @@ def unet_hook_count(model) -> int:
 
 
 @contextlib.contextmanager
-def rows_per_call(unet: torch.nn.Module, record: Any = lambda args: args[0].shape[0]):
-    """Inside the block, ``record(args)`` of every UNet call (by default its batch size); the
-    pre-hook is removed on the way out."""
+def rows_per_call(unet: torch.nn.Module, record: Any = lambda sample: sample.shape[0]):
+    """Inside the block, ``record(sample)`` of every UNet call (by default its batch size), the input
+    given positionally (A1111) or as ``sample=`` (Forge); the pre-hook is removed on the way out."""
     calls: list = []
-    handle = unet.register_forward_pre_hook(lambda m, args: calls.append(record(args)))
+    handle = unet.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(record(args[0] if args else kwargs["sample"])), with_kwargs=True
+    )
     try:
         yield calls
     finally:

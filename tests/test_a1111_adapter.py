@@ -805,7 +805,7 @@ def test_the_second_pass_guides_with_the_first_passs_layout_and_every_patch_is_u
 
 def test_the_progress_text_says_which_layout_pass_runs_and_is_restored(host):
     """The host's progress bar restarts with the second loop; its text names the pass."""
-    with rows_per_call(host.model.diffusion_model, record=lambda args: shared.state.textinfo) as shown:
+    with rows_per_call(host.model.diffusion_model, record=lambda sample: shared.state.textinfo) as shown:
         _no_errors(run(LAYOUT))
     assert shown == ["DeGu layout pass 1/2"] * 4 + ["DeGu layout pass 2/2"] * 4
     assert shared.state.textinfo is None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 
 import pytest
 import torch
 
 from lib_degu.settings import DeGuSettings
-from tests.a1111_support import SCRIPT_PATH, script_args
+from tests.a1111_support import SCRIPT_PATH, rows_per_call, script_args
 from tests.fake_forge import harness
 
 PURGE = ("lib_degu.hosts.forge", "degu_forge_script")
@@ -770,16 +769,8 @@ def test_refiner_switch_steps_aside_after_the_switch_with_a_message(forge, sampl
     assert not [c for c in processed.p.comments if "refiner" in c]
 
 
-@contextlib.contextmanager
 def _rows_per_call(host):
-    rows: list[int] = []
-    handle = host.sd_model.forge_objects.unet.model.diffusion_model.register_forward_pre_hook(
-        lambda m, args, kwargs: rows.append((args[0] if args else kwargs["sample"]).shape[0]), with_kwargs=True
-    )
-    try:
-        yield rows
-    finally:
-        handle.remove()
+    return rows_per_call(host.sd_model.forge_objects.unet.model.diffusion_model)
 
 
 @pytest.mark.parametrize(

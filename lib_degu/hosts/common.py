@@ -279,12 +279,12 @@ def launch_pass(
 
     # The host's progress bar restarts with each loop: its text says which pass is running, and the
     # console's total counts the second loop too.
-    labels = iter(LAYOUT_PASS_LABELS)
+    passes = enumerate(LAYOUT_PASS_LABELS)
 
     def labelled_launch(steps: int, func: Any) -> Any:
         before = getattr(host_state, "textinfo", None)
-        host_state.textinfo = next(labels)
-        if host_state.textinfo == LAYOUT_PASS_LABELS[1]:
+        index, host_state.textinfo = next(passes)
+        if index:
             extend_total_progress(total_progress, steps)
         try:
             return launch(steps, func)
