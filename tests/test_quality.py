@@ -152,7 +152,11 @@ def test_balance_end_points_are_plain_cfg_on_the_prompt_and_the_generic_prompt(b
     plain_prompts = [c.prompt(LEARNED.shape) for c in contexts] if generic else prompts
     plain = sample(model, plain_prompts, seeds).images
     degu = sample(model, prompts, seeds, experiment.degu_settings(LEARNED, balance=balance)).images
-    torch.testing.assert_close(degu, plain, atol=1e-5, rtol=0)
+    # Not bit for bit: DeGu's call batches the identity, context and uncond rows, plain CFG two rows,
+    # and CPUs whose kernels block by batch size (AVX-512/AMX, seen 2026-12-07) round them apart; 20
+    # ancestral steps grow that to 5e-5 at balance -1 (0 at +1). A balance 0.01 off either end moves
+    # the image 3e-3 (+1) and 0.17 (-1).
+    torch.testing.assert_close(degu, plain, atol=1e-3, rtol=0)
     # At balance 0 the trained model's mask is neither end point.
     middle = sample(model, prompts, seeds, experiment.degu_settings(LEARNED)).images
     assert (middle - plain).abs().max() > 0.1
