@@ -121,7 +121,9 @@ def test_non_finite_generic_prediction_steps_aside_and_says_so(host, bad, source
     finally:
         handle.remove()
     assert poisoned
-    assert torch.equal(processed.latents, plain)
+    # The prompt and uncond rows shared a call with the generic rows: on CPUs whose kernels block by
+    # batch size (AVX-512/AMX) they round apart from plain CFG's call, 9e-5 on latents of size 48.
+    torch.testing.assert_close(processed.latents, plain, rtol=0, atol=1e-3)
     assert any("non-finite values in 8 image-step(s)" in c for c in processed.p.comments)
 
 
