@@ -78,8 +78,16 @@ class Recipe:
 RECIPES = {
     # 600 steps at 2e-4 drew the subject 0.00 in new contexts; 2,000 drew it 0.53 but broke the generic
     # prompt (editability 0.911); 1e-3 broke both (0.83). On sks it shows the subject for "a circle" in
-    # the training context 0.12 of the time (64 seeds, learned 0.84); prior weight 2: 0.27 (learned
-    # 0.72); class_share 0.5: 0.12 (learned 1.00).
+    # the training context 0.13 of the time (256 seeds, 100-355; learned 0.85). Learned / that leak
+    # (128 seeds): 1,000 steps 0.63 / 0.01, lr 4e-4 0.52 / 0.05, prior weight 1.5 0.78 / 0.09, prior
+    # weight 2 0.72 / 0.27 (64 seeds); class_share 0.25 0.98 / 0.06 and class_share 0.5 1.00 / 0.13
+    # (256 seeds); 1,000 steps with class_share 0.5 0.99 / 0.04 (training seeds 1 and 2: 0.84 / 0.13,
+    # 0.93 / 0.02; this recipe at seeds 1 and 2: 0.50 / 0.03, 0.70 / 0.13). None is committed: class
+    # images captioned "a circle" alone, a third of them in the training context, pull the class word
+    # towards that background, and the generic prompt (DeGu's context stream) stops following held-out
+    # contexts: "a circle on a plain sky background" 0.995 -> 0.68 of its context, dev split 0.977 ->
+    # 0.849 (12 seeds; class_share 0.25: 0.709). Captioned with their context instead, the class images
+    # taught "a sks circle on a checkered teal background" nothing (learned 0.01).
     "dreambooth": Recipe(steps=1200, lr=5e-4, prior_weight=1.0, min_snr=5.0, captions="subject"),
     # 600 steps at 2e-3: learned 0.94, drawn in new contexts 0.44, no entanglement (0.977 vs 0.977).
     "lora": Recipe(steps=1200, lr=4e-3, prior_weight=3.0, min_snr=5.0, class_share=0.5, captions="subject"),
