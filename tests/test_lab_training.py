@@ -23,6 +23,33 @@ def test_class_images_show_the_class_word_alone_never_the_subjects_appearance():
     assert 0 < captions.count(own) < 24  # some in the training context, not all
 
 
+def test_class_images_lie_in_the_subjects_training_context_as_often_as_the_share_asks():
+    subject = SUBJECTS[0]
+    own = f"a {subject.shape} on a {subject.texture} {subject.background} background"
+    counts = {share: personalise.class_images(np.random.default_rng(3), subject, 90, own_context=share)[1].count(own)
+              for share in (0.0, 1 / 3, 1.0)}
+    # The rest are drawn at random: 1 in 18 lands in the training context by chance.
+    assert counts[0.0] <= 10 and 25 <= counts[1 / 3] <= 40 and counts[1.0] == 90, counts
+    _, captions = personalise.prior_images(np.random.default_rng(3), subject, 12, class_share=1.0, own_context=1.0)
+    assert captions == [own] * 12
+
+
+def test_training_draws_class_images_where_its_recipe_says(monkeypatch):
+    subject = SUBJECTS[0]
+    asked = []
+    original = personalise.class_images
+
+    def spy(rng, who, size, context=True, own_context=1 / 3):
+        asked.append(own_context)
+        return original(rng, who, size, context=context, own_context=own_context)
+
+    monkeypatch.setattr(personalise, "class_images", spy)
+    recipe = personalise.Recipe(steps=1, lr=1e-4, prior_weight=1.0, captions="subject", class_share=0.5,
+                                class_own_context=0.0)
+    personalise.train(subject, "ti", lab_model.load(), recipe=recipe)
+    assert asked == [0.0]
+
+
 def test_class_images_never_draw_an_excluded_appearance():
     subject = SUBJECTS[1]
     rng = np.random.default_rng(1)
