@@ -85,12 +85,13 @@ RECIPES = {
     # (128 seeds): 1,000 steps 0.63 / 0.01, lr 4e-4 0.52 / 0.05, prior weight 1.5 0.78 / 0.09, prior
     # weight 2 0.72 / 0.27 (64 seeds); class_share 0.25 0.98 / 0.06 and class_share 0.5 1.00 / 0.13
     # (256 seeds); 1,000 steps with class_share 0.5 0.99 / 0.04 (training seeds 1 and 2: 0.84 / 0.13,
-    # 0.93 / 0.02; this recipe at seeds 1 and 2: 0.50 / 0.03, 0.70 / 0.13). None is committed: class
+    # 0.93 / 0.02; this recipe at seeds 1 and 2: 0.50 / 0.03, 0.70 / 0.13). Those are not used: class
     # images captioned "a circle" alone, a third of them in the training context, pull the class word
     # towards that background, and the generic prompt (DeGu's context stream) stops following held-out
     # contexts: "a circle on a plain sky background" 0.995 -> 0.68 of its context, dev split 0.977 ->
     # 0.849 (12 seeds; class_share 0.25: 0.709). Captioned with their context instead, the class images
-    # taught "a sks circle on a checkered teal background" nothing (learned 0.01).
+    # taught "a sks circle on a checkered teal background" nothing (learned 0.01). sks's recipe places
+    # none in the training context (TUNED).
     "dreambooth": Recipe(steps=1200, lr=5e-4, prior_weight=1.0, min_snr=5.0, captions="subject"),
     # 600 steps at 2e-3: learned 0.94, drawn in new contexts 0.44, no entanglement (0.977 vs 0.977).
     "lora": Recipe(steps=1200, lr=4e-3, prior_weight=3.0, min_snr=5.0, class_share=0.5, captions="subject"),
@@ -111,8 +112,9 @@ TUNED = {
     # in the training context (256 seeds), generic prompt's editability dev / test (12 seeds), at
     # training seeds 0 / 1 / 2: 0.95 / 0.004, 0.90 / 0.96; 1.00 / 0.004, 0.87 / 0.89; 0.98 / 0.10, 0.95 /
     # 0.97. The RECIPES one at seeds 0 / 1 / 2: 0.85 / 0.13, 0.50 / 0.03, 0.70 / 0.13; generic prompt
-    # 0.98 / 0.96 at seed 0, 0.90 / 0.90 at seed 1. Half the batch (class_share 0.5) with none in the
-    # context: 0.84 / 0.004, 0.79 / 0.008, 0.87 / 0.10 learned / leak.
+    # 0.98 / 0.96, 0.90 / 0.90, 0.93 / 0.97: the fine-tune moves the class word that much either way.
+    # Half the batch (class_share 0.5) with none in the context: 0.84 / 0.004, 0.79 / 0.008, 0.87 /
+    # 0.10 learned / leak.
     ("sks", "dreambooth"): Recipe(steps=1200, lr=5e-4, prior_weight=1.0, min_snr=5.0, captions="subject",
                                   class_share=0.25, class_own_context=0.0),
 }
