@@ -44,6 +44,8 @@ METHODS = ("dreambooth", "lora", "ti")
 TRAINING_IMAGES = 6
 LORA_RANK = 4
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# Share of the class images placed in the subject's training context unless a recipe says otherwise.
+CLASS_OWN_CONTEXT = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Recipe:
     class_share: float = 0.0
     # Share of the class images drawn in the subject's training context; the rest in random contexts
     # (1 in 18 of them the training context by chance).
-    class_own_context: float = 1 / 3
+    class_own_context: float = CLASS_OWN_CONTEXT
     # Train the text encoder too (DreamBooth's --train_text_encoder; LoRA on its layers, as kohya's
     # LoRAs carry lora_te_* modules that the WebUIs apply). Tried so that a subject learned from
     # "a sks circle" comes back in longer prompts: it did not (learned 0.12 / 0.00, model card).
@@ -245,7 +247,8 @@ def load(subject: Subject, method: str, base: lab_model.Miniature | None = None)
 
 # -- training ------------------------------------------------------------------------------------
 def class_images(
-    rng: np.random.Generator, subject: Subject, size: int, context: bool = True, own_context: float = 1 / 3
+    rng: np.random.Generator, subject: Subject, size: int, context: bool = True,
+    own_context: float = CLASS_OWN_CONTEXT,
 ) -> tuple[torch.Tensor, list[str]]:
     """``size`` scenes of the subject's class in appearances the base model was trained on (never
     the subject's), captioned by the class word alone; ``own_context`` of them in the subject's
@@ -269,7 +272,7 @@ def class_images(
 
 def prior_images(
     rng: np.random.Generator, subject: Subject, size: int, class_share: float, class_context: bool = True,
-    own_context: float = 1 / 3,
+    own_context: float = CLASS_OWN_CONTEXT,
 ) -> tuple[torch.Tensor, list[str]]:
     """The prior-preservation batch: base-data scenes (captioned as the base was), ``class_share`` of
     them class images."""

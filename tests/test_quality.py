@@ -52,8 +52,8 @@ ADVANTAGE_FLOOR = 0.04
 SNAP_GAIN_FLOOR = 0.08
 NO_COST_FLOOR = -0.05  # mean advantage of the other seven: measured +0.028 (-0.018 on 12 seeds)
 # Mean advantage of the layout pass over the nine pairs: measured +0.098 on these seeds (the defaults
-# +0.043); +0.120 over six runs of 12 seeds, eight pairs of nine above 0 (README, "A layout pass"). A layout of
-# ones is plain CFG on the prompt, an end of the global front: 0.
+# +0.043); +0.120 over six runs of 12 seeds, eight pairs of nine above 0 (README, "A layout pass").
+# A layout of ones is plain CFG on the prompt, an end of the global front: 0.
 LAYOUT_ADVANTAGE_FLOOR = 0.06
 # DeGu at an end of the balance (or with a mask of ones / zeros) against plain CFG, image for image.
 # Not bit for bit: DeGu's call batches the identity, context and uncond rows, plain CFG's two rows,
