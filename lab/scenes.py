@@ -72,6 +72,18 @@ class Scene:
         )
         return f"{objects} on a {self.texture} {self.background} background" if context else objects
 
+    def word_positions(self, vague: Sequence[bool] = ()) -> tuple[tuple[int, ...], ...]:
+        """Per object, the token positions of the words that describe it in :meth:`caption` (colour,
+        pattern, subject name and shape; not the article), counting BOS as position 0."""
+        names = self.names or (None,) * len(self.things)
+        vague = tuple(vague) or (False,) * len(self.things)
+        found, position = [], 1
+        for t, n, v in zip(self.things, names, vague, strict=True):
+            count = 1 if v and n is None else len(t.words(n).split())
+            found.append(tuple(range(position + 1, position + 1 + count)))  # after "a"
+            position += count + 2  # the article and "and"
+        return tuple(found)
+
 
 def shape_mask(thing: Thing, size: int = SIZE) -> np.ndarray:
     """Boolean (size, size) coverage of one object, sampled at pixel centres."""

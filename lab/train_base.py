@@ -18,8 +18,10 @@ Weights are an exponential moving average of the trained ones (sharper samples a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from lab import model as lab_model
 from lab import scenes
 from lab.subjects import EXCLUDED
+from lib_degu.attention import find_cross_attention
 
 EMPTY_PROMPT = ""
 VAGUE = 0.25
@@ -48,20 +51,33 @@ class Phase:
     seed: int
     context_free: float = 0.0
     two_objects: float = scenes.TWO_OBJECTS  # share of scenes with two objects
+    grounding: float = 0.0  # weight of the grounding loss (0: the committed base, plain denoising)
 
 
 # What follows a first phase from scratch (the committed base: 10.9 min).
 SECOND_PHASE = Phase(steps=1500, lr=3e-4, seed=1, context_free=CONTEXT_FREE)
 
 
-def batch(
+@dataclasses.dataclass
+class Batch:
+    """Training images as latents, their captions and, per caption token, the region it describes."""
+
+    latents: torch.Tensor
+    captions: list[str]
+    # (size, CONTEXT_LENGTH, 32, 32): 1 where the object a token describes lies; 0 for every other token
+    # (and every token of a dropped caption).
+    token_regions: torch.Tensor
+
+
+def draw_batch(
     rng: np.random.Generator, size: int, drop: float = 0.1, context_free: float = 0.0,
     two_objects: float = scenes.TWO_OBJECTS,
-) -> tuple[torch.Tensor, list[str]]:
+) -> Batch:
     images, captions = [], []
-    for _ in range(size):
+    token_regions = torch.zeros((size, lab_model.CONTEXT_LENGTH, scenes.SIZE, scenes.SIZE))
+    for row in range(size):
         scene = scenes.random_scene(rng, excluded=EXCLUDED, two_objects=two_objects)
-        image, _ = scenes.render(scene)
+        image, labels = scenes.render(scene)
         images.append(image)
         # Some captions name an object by its shape alone, so that the class word ("a circle") means
         # "any circle": the generic prompt DeGu's context stream uses.
@@ -70,8 +86,78 @@ def batch(
         # that "a sks circle" (how users caption a subject) is a prompt the model knows: any background.
         # Only drawn when asked, so the first phase's random stream (and its weights) stay as they were.
         context = not (context_free and rng.random() < context_free)
-        captions.append(EMPTY_PROMPT if rng.random() < drop else scene.caption(vague, context=context))
-    return lab_model.to_latent(torch.from_numpy(np.stack(images))), captions
+        if rng.random() < drop:
+            captions.append(EMPTY_PROMPT)
+            continue
+        captions.append(scene.caption(vague, context=context))
+        for index, positions in enumerate(scene.word_positions(vague)):
+            token_regions[row, list(positions)] = torch.from_numpy(labels == index + 1).float()
+    return Batch(lab_model.to_latent(torch.from_numpy(np.stack(images))), captions, token_regions)
+
+
+def batch(
+    rng: np.random.Generator, size: int, drop: float = 0.1, context_free: float = 0.0,
+    two_objects: float = scenes.TWO_OBJECTS,
+) -> tuple[torch.Tensor, list[str]]:
+    drawn = draw_batch(rng, size, drop, context_free, two_objects)
+    return drawn.latents, drawn.captions
+
+
+class CrossAttentionMaps:
+    """While inside: every ``attn2`` layer's attention, (rows, pixels, tokens) averaged over heads,
+    kept with its gradient (``lib_degu.attention.AttentionCapture`` reads the same, detached)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.layers = [module for _, module in find_cross_attention(unet)]
+        self.maps: list[torch.Tensor] = []
+        self._q: dict[int, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> CrossAttentionMaps:
+        for attn in self.layers:
+            self._handles.append(attn.to_q.register_forward_hook(self._keep_q(attn)))
+            self._handles.append(attn.to_k.register_forward_hook(self._attend(attn)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _keep_q(self, attn: torch.nn.Module):  # noqa: ANN202 - torch hook signature
+        def hook(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+            self._q[id(attn)] = output
+
+        return hook
+
+    def _attend(self, attn: torch.nn.Module):  # noqa: ANN202 - torch hook signature
+        def hook(module: torch.nn.Module, inputs: object, k: torch.Tensor) -> None:
+            q = self._q.pop(id(attn))
+            rows, pixels, inner = q.shape
+            heads, head_dim = attn.heads, inner // attn.heads
+            q = q.view(rows, pixels, heads, head_dim).transpose(1, 2)
+            k = k.view(rows, k.shape[1], heads, head_dim).transpose(1, 2)
+            self.maps.append(torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1).mean(1))
+
+        return hook
+
+
+def grounding_loss(maps: list[torch.Tensor], token_regions: torch.Tensor) -> torch.Tensor:
+    """TokenCompose's token loss (Wang et al. 2024): for every token that describes an object, one minus
+    the share of its attention (over the image) that falls inside that object, squared; averaged over
+    such tokens and over the layers. 0 when no token describes an object."""
+    rows, tokens = token_regions.shape[:2]
+    described = token_regions.flatten(2).amax(-1)  # (rows, tokens): 1 for a token with a region
+    if not described.any():
+        return token_regions.new_zeros(())
+    losses = []
+    for probs in maps:
+        side = math.isqrt(probs.shape[1])
+        region = F.adaptive_avg_pool2d(token_regions.flatten(0, 1)[:, None], side).view(rows, tokens, -1)
+        attention = probs.transpose(1, 2)  # (rows, tokens, pixels)
+        share = (attention * region).sum(-1) / attention.sum(-1).clamp_min(1e-12)
+        losses.append((((1 - share) ** 2) * described).sum() / described.sum())
+    return torch.stack(losses).mean()
 
 
 def min_snr_weight(schedule: lab_model.Schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -117,13 +203,17 @@ def train_phase(
     total = phase.steps
     step = 0
     while step < total:
-        latents, captions = batch(rng, batch_size, context_free=phase.context_free, two_objects=phase.two_objects)
-        noise = torch.randn_like(latents)
+        drawn = draw_batch(rng, batch_size, context_free=phase.context_free, two_objects=phase.two_objects)
+        noise = torch.randn_like(drawn.latents)
         t = torch.randint(0, schedule.steps, (batch_size,))
-        noisy = schedule.add_noise(latents, noise, t)
-        context = text(tokenizer(captions))
-        error = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise, reduction="none")
+        noisy = schedule.add_noise(drawn.latents, noise, t)
+        context = text(tokenizer(drawn.captions))
+        with CrossAttentionMaps(unet) if phase.grounding else contextlib.nullcontext() as attention:
+            error = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise, reduction="none")
         loss = (error.mean(dim=(1, 2, 3)) * min_snr_weight(schedule, t, min_snr)).mean()
+        grounding = grounding_loss(attention.maps, drawn.token_regions) if phase.grounding else None
+        if grounding is not None:
+            loss = loss + phase.grounding * grounding
         lr = lab_model.cosine_lr(step, total, phase.lr)
         for group in optimiser.param_groups:
             group["lr"] = lr
@@ -138,7 +228,8 @@ def train_phase(
                     q.lerp_(p, 1 - decay)
         if step % 200 == 0:
             elapsed = (time.perf_counter() - started) / 60
-            print(f"step {step}/{total} loss {loss.item():.4f} lr {lr:.2e} {elapsed:.1f} min", flush=True)
+            extra = "" if grounding is None else f" grounding {grounding.item():.4f}"
+            print(f"step {step}/{total} loss {loss.item():.4f}{extra} lr {lr:.2e} {elapsed:.1f} min", flush=True)
         if step % 2000 == 0 and step:
             lab_model.save(ema, out)
         step += 1
@@ -162,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attention-from-level", type=int, default=1,
                         help="cross-attention on this level and coarser (0: also at 16x16; the committed base: 1); "
                              "with --init the model's own layout is kept")
+    parser.add_argument("--grounding", type=float, default=0.0,
+                        help="weight of a loss that draws each object word's attention onto its object "
+                             "(TokenCompose's token loss; the committed base: 0)")
     parser.add_argument("--init", type=Path,
                         help="continue from this model instead of starting from scratch (one phase only)")
     parser.add_argument("--second-phase-steps", type=int, default=SECOND_PHASE.steps,
@@ -172,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     shared = {"out": args.out, "batch_size": args.batch, "min_snr": args.min_snr}
-    first = Phase(args.steps, args.lr, args.seed, args.context_free, args.two_objects)
+    first = Phase(args.steps, args.lr, args.seed, args.context_free, args.two_objects, args.grounding)
     train_phase(first, init=args.init, attention_from_level=args.attention_from_level, **shared)
     if args.init is None and args.second_phase_steps > 0:
         train_phase(dataclasses.replace(SECOND_PHASE, steps=args.second_phase_steps), init=args.out, **shared)

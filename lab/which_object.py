@@ -23,6 +23,7 @@ import argparse
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,13 +123,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(8)))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", type=Path, default=lab_model.MODELS_DIR / "base.safetensors",
+                        help="the base model the words are read from")
+    parser.add_argument("--words-only", action="store_true", help="leave out the personalised models' masks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    base, judge = lab_model.load(), lab_judge.load()
+    base, judge = lab_model.load(args.model), lab_judge.load()
     print("words (base model; share > 0.5: the map prefers the first over the second)")
     for key, values in word_shares(base, judge).items():
         print(f"  {key:<50} {statistics.fmean(values):.3f}  (> 0.5 for {np.mean(np.array(values) > 0.5):.2f} "
               f"of {len(values)} objects)")
+    if args.words_only:
+        return
     print("masks (DeGu defaults; mean over subject / second object / background)")
     for method, rows in mask_cover(base, judge, args.seeds).items():
         mean = np.array(rows).mean(0)

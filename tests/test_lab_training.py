@@ -213,3 +213,81 @@ def test_prompt_following_reads_the_true_scenes_as_following_and_splits_two_obje
         assert rates[key] >= 0.8, (key, rates[key])
     assert rates["other's colour"] <= 0.2
     assert "colour, one object" not in rates
+
+
+def test_word_positions_point_at_the_words_that_describe_each_object():
+    rng = np.random.default_rng(5)
+    scene = scenes.random_scene(rng, two_objects=1.0)
+    for vague in ((False, False), (True, False), (False, True)):
+        tokens = ["<bos>", *scene.caption(vague).split()]
+        described = [[tokens[p] for p in positions] for positions in scene.word_positions(vague)]
+        expected = [[t.shape] if v else t.words().split() for t, v in zip(scene.things, vague, strict=True)]
+        assert described == expected, (scene.caption(vague), described)
+    named = scenes.Scene(scene.things[:1], "gray", "plain", names=("sks",))
+    tokens = ["<bos>", *named.caption().split()]
+    assert [tokens[p] for p in named.word_positions()[0]] == ["sks", scene.things[0].shape]
+
+
+def test_each_described_token_is_given_its_own_objects_region_and_dropped_captions_none():
+    drawn = train_base.draw_batch(np.random.default_rng(2), 16, drop=0.25, two_objects=0.5)
+    assert drawn.token_regions.shape == (16, lab_model.CONTEXT_LENGTH, scenes.SIZE, scenes.SIZE)
+    latents, captions = prior_batch(np.random.default_rng(2), 16, drop=0.25, two_objects=0.5)
+    assert captions == drawn.captions and torch.equal(latents, drawn.latents)  # the same random stream
+    assert "" in captions
+    for row, caption in enumerate(captions):
+        regions = drawn.token_regions[row]
+        if not caption:
+            assert not regions.any()
+            continue
+        words = ["<bos>", *caption.split()]
+        covered = regions.flatten(1).any(1)
+        assert {words[p] for p in covered.nonzero().flatten().tolist()} <= set(lab_model.WORDS) - {
+            "a", "and", "on", "background", "<bos>", "<eos>"}
+        assert not covered[words.index("on"):].any()  # no background word is given an object
+        image = lab_model.to_image(drawn.latents[row:row + 1])[0]
+        for p in covered.nonzero().flatten().tolist():
+            colours = torch.unique(image[:, regions[p] > 0].T, dim=0)
+            assert len(colours) <= 2  # one object: its colour and its stripes' shade, no background
+
+
+def test_grounding_loss_is_zero_when_words_look_only_at_their_objects_and_one_when_only_elsewhere():
+    regions = torch.zeros((1, 4, scenes.SIZE, scenes.SIZE))
+    regions[0, 1, :16, :16] = 1  # token 1 describes the top-left quarter
+    regions[0, 2, 16:, 16:] = 1  # token 2 the bottom-right one
+    inside = torch.zeros((1, 8, 8, 4))
+    inside[0, :4, :4, 1] = 1
+    inside[0, 4:, 4:, 2] = 1
+    inside[..., 0] = 1 - inside[..., 1:3].sum(-1)  # the rest of each pixel's attention on token 0
+    assert train_base.grounding_loss([inside.view(1, 64, 4)], regions).item() == 0
+    swapped = inside[..., [0, 2, 1, 3]]
+    assert train_base.grounding_loss([swapped.view(1, 64, 4)], regions).item() == 1
+    uniform = torch.full((1, 16, 4), 0.25)  # a 4x4 layer: each word spread evenly, a quarter inside
+    assert abs(train_base.grounding_loss([uniform], regions).item() - 0.75**2) < 1e-6
+    assert train_base.grounding_loss([uniform], torch.zeros_like(regions)).item() == 0
+
+
+def test_grounded_steps_draw_words_attention_onto_their_objects_and_leave_no_hooks():
+    torch.manual_seed(0)
+    model = lab_model.load()
+    drawn = train_base.draw_batch(np.random.default_rng(1), 8, drop=0.0, two_objects=1.0)
+    schedule = lab_model.Schedule()
+    t = torch.full((8,), 300)
+    noisy = schedule.add_noise(drawn.latents, torch.randn_like(drawn.latents), t)
+    ids = model.tokenizer(drawn.captions)
+    optimiser = torch.optim.Adam(list(model.unet.parameters()) + list(model.text_encoder.parameters()), lr=1e-3)
+
+    def loss() -> torch.Tensor:
+        with train_base.CrossAttentionMaps(model.unet) as attention:
+            model.unet(noisy, t, encoder_hidden_states=model.text_encoder(ids))
+        assert len(attention.maps) == len(attention.layers) > 0
+        assert all(torch.allclose(m.sum(-1), torch.ones(())) for m in attention.maps)
+        return train_base.grounding_loss(attention.maps, drawn.token_regions)
+
+    before = loss()
+    for _ in range(5):
+        optimiser.zero_grad()
+        loss().backward()
+        optimiser.step()
+    assert loss().item() < before.item() - 0.05
+    assert all(not m.to_q._forward_hooks and not m.to_k._forward_hooks
+               for m in train_base.CrossAttentionMaps(model.unet).layers)
