@@ -3,6 +3,10 @@
     python -m lab.train_base            # the committed lab/models/base.safetensors, both phases
     python -m lab.train_base --init lab/models/base.safetensors --steps 1500 --lr 3e-4 \
         --context-free 0.3 --seed 1     # one phase continuing a model (the second phase alone)
+    python -m lab.train_base --init lab/models/base.safetensors --steps 1500 --lr 3e-4 \
+        --context-free 0.3 --seed 1 --grounding 0.1 --out /tmp/grounded.safetensors
+                                        # the same, each object word's attention drawn onto its object
+                                        # (README, "What limits this lab": measured, not adopted)
 
 Scenes are drawn fresh every step (no data set on disk). The subjects' appearance combinations
 (``lab.subjects.EXCLUDED``) never appear, so personalisation has something new to learn.
@@ -99,6 +103,7 @@ def batch(
     rng: np.random.Generator, size: int, drop: float = 0.1, context_free: float = 0.0,
     two_objects: float = scenes.TWO_OBJECTS,
 ) -> tuple[torch.Tensor, list[str]]:
+    """Latents and captions of a training batch (``draw_batch`` without the regions)."""
     drawn = draw_batch(rng, size, drop, context_free, two_objects)
     return drawn.latents, drawn.captions
 
