@@ -165,7 +165,7 @@ def test_the_layout_mask_is_hard_and_as_tight_as_the_subject():
     is 0 or 1 and exactly the subject once snapped to the final image; the soft mask would spill."""
     image, region = _square_scene()
     raw = torch.full((1, 8, 8), 0.2)  # cross-attention's floor
-    raw[0, 2:6, 2:6] = 0.75  # the spill around the subject, above the cut
+    raw[0, 2:6, 2:6] = 0.9  # the spill around the subject, above the cut
     raw[0, 3:5, 3:5] = 1.0
     layout = M.layout_mask(raw, image, (16, 16))
     assert layout.shape == (1, 1, 16, 16)
@@ -175,3 +175,21 @@ def test_the_layout_mask_is_hard_and_as_tight_as_the_subject():
     assert not torch.equal(unsnapped[0, 0], region[0].float())
     # The pass's own soft mask at the defaults covers far more than the subject.
     assert float(M.refine(raw, (16, 16), M.MaskParams()).mean()) > 2 * float(region.float().mean())
+
+
+def test_the_layout_cut_follows_each_images_own_peak():
+    """A peaked map (one cell of the subject high, the rest of it a little above the floor) is blurred
+    and snapped to a located peak of about 0.63: a fixed cut at 0.65 would keep nothing. The layout is
+    still exactly the subject, beside an image of the batch whose map peaks near 1."""
+    image, region = _square_scene()
+    peaked = torch.full((8, 8), 0.2)
+    peaked[3:5, 3:5] = 0.45
+    peaked[3, 3] = 1.0
+    broad = torch.full((8, 8), 0.2)
+    broad[2:6, 2:6] = 0.75
+    broad[3:5, 3:5] = 1.0
+    raw, images = torch.stack([peaked, broad]), image.expand(2, *image.shape[1:])
+    assert float(M.locate(peaked[None], (16, 16), 1.0, M.LAYOUT_SNAP, image).max()) < 0.65
+    layout = M.layout_mask(raw, images, (16, 16))
+    assert torch.equal(layout[:, 0], region.float().expand(2, 16, 16))
+    assert M.layout_mask(torch.zeros(1, 8, 8), image, (16, 16)).all()  # flat: nothing known, the plain prompt
