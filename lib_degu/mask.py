@@ -28,8 +28,8 @@ SNAP_TOLERANCE = 0.4
 # The layout pass's mask (``layout_mask``): the final map snapped to the final image and cut hard at
 # this share of each image's own peak. Blurring and snapping lower the peak by how peaked the map is:
 # a fixed cut (0.65, which covered 0.12 of the image, as the subjects do) sat just under the peak on
-# the lab's committed models and selected almost nothing on peakier maps. Relative to the peak it did
-# better on both (README, "A layout pass").
+# the lab's committed models and selected almost nothing on peakier maps. Relative to the peak it tied
+# the fixed cut on the committed models and no longer empties on peakier maps (README, "A layout pass").
 LAYOUT_THRESHOLD = 0.83
 LAYOUT_SNAP = 5
 _EPS = 1e-8
