@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from lab import model as lab_model
 from lab import scenes
 from lab.subjects import EXCLUDED
-from lib_degu.attention import find_cross_attention
+from lib_degu.attention import attention_probs, find_cross_attention
 
 EMPTY_PROMPT = ""
 VAGUE = 0.25
@@ -137,12 +137,7 @@ class CrossAttentionMaps:
 
     def _attend(self, attn: torch.nn.Module):  # noqa: ANN202 - torch hook signature
         def hook(module: torch.nn.Module, inputs: object, k: torch.Tensor) -> None:
-            q = self._q.pop(id(attn))
-            rows, pixels, inner = q.shape
-            heads, head_dim = attn.heads, inner // attn.heads
-            q = q.view(rows, pixels, heads, head_dim).transpose(1, 2)
-            k = k.view(rows, k.shape[1], heads, head_dim).transpose(1, 2)
-            self.maps.append(torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1).mean(1))
+            self.maps.append(attention_probs(self._q.pop(id(attn)), k, attn.heads).mean(1))
 
         return hook
 
@@ -155,10 +150,12 @@ def grounding_loss(maps: list[torch.Tensor], token_regions: torch.Tensor) -> tor
     described = token_regions.flatten(2).amax(-1)  # (rows, tokens): 1 for a token with a region
     if not described.any():
         return token_regions.new_zeros(())
-    losses = []
+    losses, pooled = [], {}
     for probs in maps:
         side = math.isqrt(probs.shape[1])
-        region = F.adaptive_avg_pool2d(token_regions.flatten(0, 1)[:, None], side).view(rows, tokens, -1)
+        if side not in pooled:  # several layers share each resolution
+            pooled[side] = F.adaptive_avg_pool2d(token_regions.flatten(0, 1)[:, None], side).view(rows, tokens, -1)
+        region = pooled[side]
         attention = probs.transpose(1, 2)  # (rows, tokens, pixels)
         share = (attention * region).sum(-1) / attention.sum(-1).clamp_min(1e-12)
         losses.append((((1 - share) ** 2) * described).sum() / described.sum())

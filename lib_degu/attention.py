@@ -47,6 +47,16 @@ def token_indicator(
     return weights.to(device)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d))`` per head: queries (rows, pixels, heads * d) and keys
+    (rows, tokens, heads * d) -> (rows, heads, pixels, tokens)."""
+    rows, pixels, inner = q.shape
+    head_dim = inner // heads
+    q = q.view(rows, pixels, heads, head_dim).transpose(1, 2)
+    k = k.view(rows, k.shape[1], heads, head_dim).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)
+
+
 def downsample_factor(latent_hw: tuple[int, int], tokens: int) -> int | None:
     """The power-of-two factor f with ceil(H/f) * ceil(W/f) == tokens (UNets pad odd sizes up)."""
     height, width = latent_hw
@@ -207,12 +217,8 @@ class AttentionCapture:
     def _accumulate(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> None:
         call, weights = self._call, self._weights
         assert call is not None and weights is not None
-        rows, pixels, inner = q.shape
-        tokens = k.shape[1]
-        head_dim = inner // heads
-        q = q.float().view(rows, pixels, heads, head_dim).transpose(1, 2)
-        k = k.float().view(rows, tokens, heads, head_dim).transpose(1, 2)
-        probs = torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)  # rows, heads, px, T
+        pixels, tokens = q.shape[1], k.shape[1]
+        probs = attention_probs(q.float(), k.float(), heads)
         indicator = _fit_tokens(weights.index_select(0, call.images.to(weights.device)), tokens)
         mass = (probs @ indicator.to(probs.device)[:, None, :, None]).mean(dim=1)[..., 0]  # rows, px
         factor = downsample_factor(call.latent_hw, pixels)
