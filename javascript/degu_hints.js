@@ -18,7 +18,7 @@
     "show_mask": "Add the final mask as a heat-map over each image to the gallery.",
     "context_refresh": "Run the generic prompt only on every N-th step and reuse its difference to the prompt in between: 3 costs about 1.2x plain CFG instead of 1.5x, with a slightly weaker context. 1 runs it on every step (exact); below balance 0 it always runs on every step.",
     "snap": "Rounds of edge-aware smoothing that pull the coarse attention mask onto the subject's outline in the predicted image (5 follows it best). The tighter mask hands the subject's rim to the scene and measured no better overall, so 0 (off) is the default.",
-    "layout_pass": "Sample each image twice from the same noise: the first pass finds where the subject lands, the second guides with a tight mask of that place from the first step. About twice the time; on the project's test models it tripled DeGu's gain over a global mix and moved the result towards the scene. Needs the attention mask."
+    "layout_pass": "Sample each image twice from the same noise: the first pass finds where the subject lands, the second guides with a tight mask of that place from the first step. About twice the time. On the project's test models, with an ancestral sampler (Euler a, DPM++ SDE), it nearly tripled DeGu's gain over a global mix and moved the result towards the scene; with a deterministic one (DPM++ 2M, Euler, DDIM) it gained nothing measurable. Needs the attention mask."
 };
 
     function applyDeguHints() {

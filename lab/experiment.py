@@ -214,6 +214,15 @@ def advantage_error(rows: Sequence[Row], variant: str = "attention", resamples: 
     return float(resampled_advantages(rows, variant, resamples, seed).std())
 
 
+def change_against_defaults(rows: Sequence[Row], variant: str, resamples: int = 400) -> tuple[float, float]:
+    """One pair's ``variant`` advantage minus the defaults' (``attention``) in the same run, and the
+    standard error of that difference: both resampled with the same draw of images, so what the two
+    variants' images share (hard contexts, lucky seeds) cancels."""
+    difference = advantage(rows, variant) - advantage(rows)
+    spread = resampled_advantages(rows, variant, resamples) - resampled_advantages(rows, "attention", resamples)
+    return difference, float(spread.std())
+
+
 def compare(rows: Sequence[Row], baseline: Sequence[Row], variant: str = "attention") -> list[tuple[str, float, float]]:
     """Per (method, subject) in both, and ``mean`` last: the advantage minus the baseline run's, and
     its standard error, both runs resampled with the same draw of images (paired; the images of two
@@ -418,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     advantages: list[float] = []
     errors: list[float] = []
     extras: dict[str, list[tuple[float, float]]] = {}  # per variant of EXTRA_VARIANTS: (advantage, error) per pair
+    changes: dict[str, list[tuple[float, float]]] = {}  # the same variants minus the defaults, paired
     for subject in args.subjects:
         cases = [(context, seed) for context in contexts(subject, args.split) for seed in args.seeds]
         for method in args.methods:
@@ -432,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             present = [name for name in EXTRA_VARIANTS if any(r.variant == name for r in pair)]
             for name in present:
                 extras.setdefault(name, []).append((advantage(pair, name), advantage_error(pair, name)))
+                changes.setdefault(name, []).append(change_against_defaults(pair, name))
             oracle = "".join(f"  {name} {extras[name][-1][0]:+.3f} ± {extras[name][-1][1]:.3f}" for name in present)
             print(f"{method:<10} {subject.token:<5} advantage {advantages[-1]:+.3f} ± {errors[-1]:.3f}  "
                   f"IoU {attention.iou:.3f}  coverage {attention.coverage:.2f}{oracle}", flush=True)
@@ -455,7 +466,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, measured in extras.items():
         if len(measured) == len(advantages):
             gains, spread = zip(*measured, strict=True)
-            print(f"{name} advantage {mean_with_error(gains, spread)}")
+            differences, difference_errors = zip(*changes[name], strict=True)
+            print(f"{name} advantage {mean_with_error(gains, spread)}; minus the defaults' "
+                  f"{mean_with_error(differences, difference_errors)} (paired)")
     print(f"quality iou={iou:.3f} advantage={statistics.fmean(advantages):.3f}")
 
 

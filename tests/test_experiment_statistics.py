@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from lab.experiment import Row, advantage, advantage_error, compare
+from lab.experiment import Row, advantage, advantage_error, change_against_defaults, compare
 
 
 def _row(variant: str, fidelities: list[float], editabilities: list[float]) -> Row:
@@ -84,3 +84,20 @@ def test_rows_without_per_image_scores_are_refused_with_a_reason() -> None:
     old = [Row(**{**r.__dict__, "fidelities": None, "editabilities": None}) for r in _run("sks", 0.0)]
     with pytest.raises(ValueError, match="per-image scores"):
         compare(old, _run("sks", 0.0))
+
+
+def test_a_variant_is_compared_with_the_defaults_image_for_image() -> None:
+    # The layout pass's second pass starts from the first pass's noise, so its images share the
+    # defaults' contexts and seeds: a gain on every image is that gain with no error, and scores
+    # that follow the defaults' image for image cancel far below either advantage's own error.
+    n = 48
+    defaults = _run("sks", 0.0, n)
+    attention = next(r for r in defaults if r.variant == "attention")
+    gained = _row("layout pass", [f + 0.1 for f in attention.fidelities], attention.editabilities)
+    assert change_against_defaults([*defaults, gained], "layout pass") == pytest.approx((0.1, 0.0), abs=1e-9)
+    wobble = _noisy(0.0, 0.02, n, 8)
+    similar = _row("layout pass", [f + w for f, w in zip(attention.fidelities, wobble, strict=True)],
+                   attention.editabilities)
+    rows = [*defaults, similar]
+    _, error = change_against_defaults(rows, "layout pass")
+    assert error < 0.25 * advantage_error(rows, "layout pass")
