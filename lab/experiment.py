@@ -28,6 +28,8 @@ The table gives mean fidelity, editability and mask IoU/AUROC (against the subje
 image DeGu generated). ``advantage`` is the attention mask's fidelity minus the global mix's
 fidelity at the same editability, on the global points' Pareto front (``global_fidelity_at``), with
 its bootstrap standard error over the pair's images (``advantage_error``; printed as ``± e``).
+The oracle's and the layout pass's advantages are also printed minus the defaults', on the same
+draw of images (``change_against_defaults``): whether they beat the defaults, not only the global mix.
 The last line is for scripts: ``quality iou=<mean IoU at the defaults> advantage=<mean advantage>``.
 """
 
