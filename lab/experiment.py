@@ -347,10 +347,11 @@ def refresh_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[Row], path: Path) -> None:
+def plot(rows: Sequence[Row], path: Path, eta: float = ETA) -> None:
     """Fidelity vs editability, mean over method x subject: the global mix and the attention mask's
     balance sweep as curves (both end at plain CFG on the prompt and on the generic prompt); the
-    difference mask, the defaults, the layout pass and the oracle as points where they ran."""
+    difference mask, the defaults, the layout pass and the oracle as points where they ran; a title
+    that names the sampler when it is not the lab's ancestral one (``eta``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -384,7 +385,8 @@ def plot(rows: Sequence[Row], path: Path) -> None:
     axes.set_ylabel("fidelity (subject's appearance)")
     pairs = sorted({(r.method, r.subject) for r in rows})
     over = f"{pairs[0][0]} {pairs[0][1]}" if len(pairs) == 1 else "mean over methods x subjects"
-    axes.set_title(f"Held-out contexts, {over}")
+    sampler = "" if eta == ETA else "\ndeterministic sampler" if eta == 0 else f"\nDDIM eta {eta:g}"
+    axes.set_title(f"Held-out contexts, {over}{sampler}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
@@ -456,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if args.plot:
-        plot(rows, args.plot)
+        plot(rows, args.plot, args.eta)
     if args.baseline:
         baseline = [Row(**r) for r in json.loads(args.baseline.read_text())]
         print(f"\nadvantage minus {args.baseline}'s (paired bootstrap standard error; lab.compare)")
