@@ -48,7 +48,7 @@ import torch
 from lab import judge as lab_judge
 from lab import model as lab_model
 from lab import personalise, scenes, scoring
-from lab.sampling import ETA, STEPS, sample
+from lab.sampling import CFG_SCALE, ETA, STEPS, sample
 from lab.scoring import Context
 from lab.subjects import SUBJECTS, Subject
 from lib_degu.settings import DeGuSettings
@@ -117,6 +117,7 @@ def run_variant(
     *,
     generic_prompt: bool = False,
     eta: float = ETA,
+    cfg_scale: float = CFG_SCALE,
     fixed_mask: torch.Tensor | None = None,
     fixed_steps: range | None = None,
     layout: torch.Tensor | None = None,
@@ -124,7 +125,7 @@ def run_variant(
     words = subject.shape if generic_prompt else f"{subject.token} {subject.shape}"
     prompts = [context.prompt(words) for context, _ in cases]
     result = sample(model, prompts, [seed for _, seed in cases], settings, keep_maps=settings is not None, eta=eta,
-                    fixed_mask=fixed_mask, fixed_steps=fixed_steps, layout=layout)
+                    cfg_scale=cfg_scale, fixed_mask=fixed_mask, fixed_steps=fixed_steps, layout=layout)
     reading = lab_judge.read(judge, result.images)
     return {
         "fidelity": scoring.fidelity(reading, subject),
@@ -259,7 +260,8 @@ def compare(rows: Sequence[Row], baseline: Sequence[Row], variant: str = "attent
 def run_pair(
     model: lab_model.Miniature, judge: lab_judge.Judge, method: str, subject: Subject,
     cases: Sequence[tuple[Context, int]], *, sweep: bool = True, overrides: Mapping[str, object] | None = None,
-    phrase: bool = False, refresh: Sequence[int] = (), eta: float = ETA, oracle: bool = True,
+    phrase: bool = False, refresh: Sequence[int] = (), eta: float = ETA, cfg_scale: float = CFG_SCALE,
+    oracle: bool = True,
     oracle_phases: bool = False, layout_pass: bool = False,
 ) -> list[Row]:
     """Every variant for one personalised model. ``overrides`` replace DeGu's defaults (mask settings
@@ -271,6 +273,7 @@ def run_pair(
     also a second run with the attention run's layout mask (``LAYOUT_PASS``), costed as both runs."""
 
     words = {"subject": f"{subject.token} {subject.shape}", "generic": subject.shape} if phrase else {}
+    sampler = {"eta": eta, "cfg_scale": cfg_scale}
 
     def degu(**changes: object) -> DeGuSettings:
         return degu_settings(subject, **{**words, **(overrides or {}), **changes})
@@ -291,17 +294,17 @@ def run_pair(
     variants += [(f"attention refresh={n}", degu(context_refresh=n), False) for n in refresh]
     rows = []
     for name, settings, generic in variants:
-        out = run_variant(model, judge, subject, cases, settings, generic_prompt=generic, eta=eta)
+        out = run_variant(model, judge, subject, cases, settings, generic_prompt=generic, **sampler)
         rows.append(summarise(method, subject, name, out))
         if name == "attention" and oracle:
             region = out["region"][:, None].float()
             rows.append(summarise(method, subject, ORACLE, run_variant(
-                model, judge, subject, cases, settings, eta=eta, fixed_mask=region)))
+                model, judge, subject, cases, settings, **sampler, fixed_mask=region)))
             for phase, steps in ORACLE_PHASES.items() if oracle_phases else ():
                 rows.append(summarise(method, subject, phase, run_variant(
-                    model, judge, subject, cases, settings, eta=eta, fixed_mask=region, fixed_steps=steps)))
+                    model, judge, subject, cases, settings, **sampler, fixed_mask=region, fixed_steps=steps)))
         if name == "attention" and layout_pass:
-            second = run_variant(model, judge, subject, cases, settings, eta=eta, layout=out["layout"])
+            second = run_variant(model, judge, subject, cases, settings, **sampler, layout=out["layout"])
             rows.append(summarise(method, subject, LAYOUT_PASS, {**second, "cost": out["cost"] + second["cost"]}))
     return rows
 
@@ -347,11 +350,11 @@ def refresh_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[Row], path: Path, eta: float = ETA) -> None:
+def plot(rows: Sequence[Row], path: Path, eta: float = ETA, cfg_scale: float = CFG_SCALE) -> None:
     """Fidelity vs editability, mean over method x subject: the global mix and the attention mask's
     balance sweep as curves (both end at plain CFG on the prompt and on the generic prompt); the
     difference mask, the defaults, the layout pass and the oracle as points where they ran; a title
-    that names the sampler when it is not the lab's ancestral one (``eta``)."""
+    that names the sampler and the CFG scale when they are not the lab's (``eta``, ``cfg_scale``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -386,6 +389,7 @@ def plot(rows: Sequence[Row], path: Path, eta: float = ETA) -> None:
     pairs = sorted({(r.method, r.subject) for r in rows})
     over = f"{pairs[0][0]} {pairs[0][1]}" if len(pairs) == 1 else "mean over methods x subjects"
     sampler = "" if eta == ETA else "\ndeterministic sampler" if eta == 0 else f"\nDDIM eta {eta:g}"
+    sampler += "" if cfg_scale == CFG_SCALE else f"{', ' if sampler else chr(10)}CFG {cfg_scale:g}"
     axes.set_title(f"Held-out contexts, {over}{sampler}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
@@ -416,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "baseline) and report cost vs quality change")
     parser.add_argument("--eta", type=float, default=ETA,
                         help="DDIM eta of the sampler: 1 ancestral (the lab's default), 0 deterministic")
+    parser.add_argument("--cfg", type=float, default=CFG_SCALE, help=f"CFG scale (the lab's default {CFG_SCALE:g})")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every row here")
     parser.add_argument("--baseline", type=Path,
@@ -437,8 +442,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for method in args.methods:
             pair = run_pair(personalise.load(subject, method, base), judge, method, subject, cases,
                             sweep=not args.no_sweep, overrides=overrides, phrase=args.phrase, refresh=args.refresh,
-                            eta=args.eta, oracle=not args.no_oracle, oracle_phases=args.oracle_phases,
-                            layout_pass=args.layout_pass)
+                            eta=args.eta, cfg_scale=args.cfg, oracle=not args.no_oracle,
+                            oracle_phases=args.oracle_phases, layout_pass=args.layout_pass)
             rows += pair
             advantages.append(advantage(pair))
             errors.append(advantage_error(pair))
@@ -458,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if args.plot:
-        plot(rows, args.plot, args.eta)
+        plot(rows, args.plot, args.eta, args.cfg)
     if args.baseline:
         baseline = [Row(**r) for r in json.loads(args.baseline.read_text())]
         print(f"\nadvantage minus {args.baseline}'s (paired bootstrap standard error; lab.compare)")
