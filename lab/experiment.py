@@ -388,9 +388,14 @@ def plot(rows: Sequence[Row], path: Path, eta: float = ETA, cfg_scale: float = C
     axes.set_ylabel("fidelity (subject's appearance)")
     pairs = sorted({(r.method, r.subject) for r in rows})
     over = f"{pairs[0][0]} {pairs[0][1]}" if len(pairs) == 1 else "mean over methods x subjects"
-    sampler = "" if eta == ETA else "\ndeterministic sampler" if eta == 0 else f"\nDDIM eta {eta:g}"
-    sampler += "" if cfg_scale == CFG_SCALE else f"{', ' if sampler else chr(10)}CFG {cfg_scale:g}"
-    axes.set_title(f"Held-out contexts, {over}{sampler}")
+    unlike_the_lab = [
+        *(() if eta == ETA else ("deterministic sampler" if eta == 0 else f"DDIM eta {eta:g}",)),
+        *(() if cfg_scale == CFG_SCALE else (f"CFG {cfg_scale:g}",)),
+    ]
+    title = [f"Held-out contexts, {over}"]
+    if unlike_the_lab:
+        title.append(", ".join(unlike_the_lab))
+    axes.set_title("\n".join(title))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
